@@ -1,0 +1,25 @@
+"""The data contract: one tf.train.Example per image, defined once here.
+
+Every stage that writes or reads records (example_gen, the validator, the
+tf.data loader, the evaluator, the serving graph) uses these constants and
+functions; no other module knows the keys or the LAB quantisation.
+"""
+
+from schemas.examples import (  # noqa: F401
+    AB_OFFSET,
+    FEATURES,
+    L_MAX,
+    L_SCALE,
+    SCHEMA_VERSION,
+    FeatureDef,
+    check_example,
+    decode_lab,
+    dequantize_lab,
+    encode_png,
+    feature_spec,
+    make_example,
+    parse_examples,
+    quantize_lab,
+    tfmd_schema,
+    write_schema,
+)

@@ -1,0 +1,313 @@
+"""Feature keys, dtypes, encodings and value ranges of the LAB image records.
+
+Image: CIELAB quantised to 8 bits per channel, L 0..100 scaled to 0..255 and
+a, b offset by +128 and clipped to 0..255, stored as a lossless 8-bit,
+3-channel PNG (channel order L, a, b) at the stored size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import struct
+import zlib
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+L_MAX = 100.0
+L_SCALE = 255.0 / L_MAX
+AB_OFFSET = 128.0
+
+IMAGE_KEY = "image/lab_png"
+HEIGHT_KEY = "image/height"
+WIDTH_KEY = "image/width"
+SOURCE_KEY = "image/source"
+PATH_KEY = "image/path"
+SHA256_KEY = "image/sha256"
+COLORFULNESS_KEY = "image/colorfulness"
+
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureDef:
+    """One feature of the record: key, dtype, encoding and allowed values."""
+
+    name: str
+    dtype: str  # "bytes" | "int64" | "float"
+    description: str
+    encoding: str = ""
+    min_value: float | None = None
+    max_value: float | None = None
+
+
+FEATURES: tuple[FeatureDef, ...] = (
+    FeatureDef(
+        IMAGE_KEY,
+        "bytes",
+        "The image in CIELAB: L*2.55, a+128, b+128, clipped, uint8, 3 channels",
+        encoding="png",
+    ),
+    FeatureDef(HEIGHT_KEY, "int64", "Stored image height in pixels", min_value=1, max_value=16384),
+    FeatureDef(WIDTH_KEY, "int64", "Stored image width in pixels", min_value=1, max_value=16384),
+    FeatureDef(SOURCE_KEY, "bytes", "Name of the source dataset (lfw, flickr8k, ...)", encoding="utf-8"),
+    FeatureDef(PATH_KEY, "bytes", "Path of the source file relative to its data dir", encoding="utf-8"),
+    FeatureDef(SHA256_KEY, "bytes", "SHA-256 of the source file's bytes, hex", encoding="hex"),
+    FeatureDef(
+        COLORFULNESS_KEY,
+        "float",
+        "Hasler-Suesstrunk colourfulness of the stored RGB crop",
+        min_value=0.0,
+        max_value=255.0,
+    ),
+)
+_BY_NAME = {f.name: f for f in FEATURES}
+
+
+# ---------------------------------------------------------------- quantisation
+
+
+def quantize_lab(lab):
+    """float LAB tensor [..., 3] -> uint8 codes [..., 3] (TensorFlow ops)."""
+    import tensorflow as tf
+
+    lab = tf.convert_to_tensor(lab, tf.float32)
+    scale = tf.constant([L_SCALE, 1.0, 1.0], tf.float32)
+    offset = tf.constant([0.0, AB_OFFSET, AB_OFFSET], tf.float32)
+    codes = tf.clip_by_value(tf.round(lab * scale + offset), 0.0, 255.0)
+    return tf.cast(codes, tf.uint8)
+
+
+def dequantize_lab(codes):
+    """uint8 codes [..., 3] -> float32 LAB (L 0..100, a/b -128..127)."""
+    import tensorflow as tf
+
+    codes = tf.cast(codes, tf.float32)
+    scale = tf.constant([1.0 / L_SCALE, 1.0, 1.0], tf.float32)
+    offset = tf.constant([0.0, AB_OFFSET, AB_OFFSET], tf.float32)
+    return (codes - offset) * scale
+
+
+# ---------------------------------------------------------------- PNG encoding
+
+
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+
+def encode_png(codes: np.ndarray) -> bytes:
+    """Lossless PNG of a uint8 [H, W, 3] array.
+
+    Every row uses PNG's 'Up' filter (computed in numpy) and the stream is
+    deflated by ISA-L: about 8x faster than Pillow's adaptive filtering at a
+    similar size, and any PNG decoder (tf.io.decode_png, Pillow) reads it.
+    """
+    from isal import isal_zlib
+
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    if codes.ndim != 3 or codes.shape[2] != 3:
+        raise ValueError(f"encode_png expects a [H, W, 3] uint8 array, got shape {codes.shape}.")
+    height, width, _ = codes.shape
+    rows = codes.reshape(height, width * 3)
+    filtered = np.empty((height, width * 3 + 1), np.uint8)
+    filtered[:, 0] = 2  # PNG filter type 'Up'
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"".join(
+        (
+            b"\x89PNG\r\n\x1a\n",
+            _png_chunk(b"IHDR", header),
+            _png_chunk(b"IDAT", isal_zlib.compress(filtered.tobytes(), 1)),
+            _png_chunk(b"IEND", b""),
+        )
+    )
+
+
+# ---------------------------------------------------------------- examples
+
+
+def make_example(
+    *,
+    lab_png: bytes,
+    height: int,
+    width: int,
+    source: str,
+    path: str,
+    sha256: str,
+    colorfulness: float,
+):
+    """Build the tf.train.Example for one image."""
+    from tensorflow.core.example import example_pb2, feature_pb2
+
+    def b(value: bytes):
+        return feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[value]))
+
+    def i(value: int):
+        return feature_pb2.Feature(int64_list=feature_pb2.Int64List(value=[int(value)]))
+
+    def f(value: float):
+        return feature_pb2.Feature(float_list=feature_pb2.FloatList(value=[float(value)]))
+
+    return example_pb2.Example(
+        features=feature_pb2.Features(
+            feature={
+                IMAGE_KEY: b(lab_png),
+                HEIGHT_KEY: i(height),
+                WIDTH_KEY: i(width),
+                SOURCE_KEY: b(source.encode("utf-8")),
+                PATH_KEY: b(path.encode("utf-8")),
+                SHA256_KEY: b(sha256.encode("ascii")),
+                COLORFULNESS_KEY: f(colorfulness),
+            }
+        )
+    )
+
+
+def feature_spec() -> dict[str, Any]:
+    """The tf.io.parse_example spec of every feature."""
+    import tensorflow as tf
+
+    dtypes = {"bytes": tf.string, "int64": tf.int64, "float": tf.float32}
+    return {f.name: tf.io.FixedLenFeature([], dtypes[f.dtype]) for f in FEATURES}
+
+
+def parse_examples(serialized):
+    """Batch of serialized Examples -> dict of tensors (tf.io.parse_example)."""
+    import tensorflow as tf
+
+    return tf.io.parse_example(serialized, feature_spec())
+
+
+def decode_lab(lab_png):
+    """One record's PNG bytes -> float32 LAB [H, W, 3] (TensorFlow ops)."""
+    import tensorflow as tf
+
+    return dequantize_lab(tf.io.decode_png(lab_png, channels=3, dtype=tf.uint8))
+
+
+def _single(feature, kind: str):
+    values = getattr(feature, kind).value
+    return values[0] if len(values) == 1 else None
+
+
+def check_example(serialized: bytes, *, stored_size: int | None = None, decode_image: bool = True) -> list[str]:
+    """Check one serialized record against the schema; returns the problems found.
+
+    Pure Python (protobuf and Pillow), so the validator runs on any Beam
+    worker without TensorFlow ops.
+    """
+    from tensorflow.core.example import example_pb2
+
+    try:
+        example = example_pb2.Example.FromString(serialized)
+    except Exception as e:  # a protobuf DecodeError is the expected case
+        return [f"record is not a tf.train.Example ({e})"]
+    problems: list[str] = []
+    features = example.features.feature
+    for extra in sorted(set(features) - set(_BY_NAME)):
+        problems.append(f"unexpected feature '{extra}'")
+    values: dict[str, Any] = {}
+    kinds = {"bytes": "bytes_list", "int64": "int64_list", "float": "float_list"}
+    for spec in FEATURES:
+        if spec.name not in features:
+            problems.append(f"missing feature '{spec.name}'")
+            continue
+        feature = features[spec.name]
+        kind = feature.WhichOneof("kind")
+        if kind != kinds[spec.dtype]:
+            problems.append(f"feature '{spec.name}' has type {kind}, expected {kinds[spec.dtype]}")
+            continue
+        value = _single(feature, kind)
+        if value is None:
+            problems.append(f"feature '{spec.name}' must hold exactly one value")
+            continue
+        if spec.min_value is not None and value < spec.min_value:
+            problems.append(f"feature '{spec.name}' = {value} is below {spec.min_value}")
+        if spec.max_value is not None and value > spec.max_value:
+            problems.append(f"feature '{spec.name}' = {value} is above {spec.max_value}")
+        values[spec.name] = value
+    if problems:
+        return problems
+    for key in (SOURCE_KEY, PATH_KEY):
+        try:
+            if not values[key].decode("utf-8"):
+                problems.append(f"feature '{key}' is empty")
+        except UnicodeDecodeError:
+            problems.append(f"feature '{key}' is not UTF-8")
+    if not _SHA256_RE.match(values[SHA256_KEY].decode("ascii", "replace")):
+        problems.append(f"feature '{SHA256_KEY}' is not 64 lowercase hex digits")
+    height, width = values[HEIGHT_KEY], values[WIDTH_KEY]
+    if stored_size is not None and (height, width) != (stored_size, stored_size):
+        problems.append(f"image is {height}x{width}, the stored size is {stored_size}x{stored_size}")
+    if decode_image:
+        problems.extend(_check_png(values[IMAGE_KEY], height, width))
+    return problems
+
+
+def _check_png(data: bytes, height: int, width: int) -> list[str]:
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format != "PNG":
+                return [f"'{IMAGE_KEY}' is {image.format}, expected PNG"]
+            if image.mode != "RGB":
+                return [f"'{IMAGE_KEY}' has mode {image.mode}, expected 3 channels of 8 bits"]
+            if image.size != (width, height):
+                w, h = image.size
+                return [f"'{IMAGE_KEY}' is {h}x{w} but height/width say {height}x{width}"]
+            image.load()
+    except Exception as e:  # any decoder failure is a record anomaly
+        return [f"'{IMAGE_KEY}' does not decode as PNG ({e})"]
+    return []
+
+
+# ---------------------------------------------------------------- tensorflow-metadata
+
+
+def tfmd_schema(stored_size: int | None = None):
+    """The feature definitions as a tensorflow-metadata Schema proto (for TFDV/TFX)."""
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    schema = schema_pb2.Schema()
+    types = {"bytes": schema_pb2.BYTES, "int64": schema_pb2.INT, "float": schema_pb2.FLOAT}
+    for spec in FEATURES:
+        feature = schema.feature.add(name=spec.name, type=types[spec.dtype])
+        feature.presence.min_fraction = 1.0
+        feature.presence.min_count = 1
+        feature.value_count.min = 1
+        feature.value_count.max = 1
+        feature.annotation.comment.append(spec.description)
+        if spec.encoding:
+            feature.annotation.tag.append(f"encoding:{spec.encoding}")
+        if spec.dtype == "int64":
+            low, high = int(spec.min_value), int(spec.max_value)
+            if stored_size is not None and spec.name in (HEIGHT_KEY, WIDTH_KEY):
+                low = high = stored_size
+            feature.int_domain.min, feature.int_domain.max = low, high
+        elif spec.dtype == "float" and spec.min_value is not None:
+            feature.float_domain.min, feature.float_domain.max = spec.min_value, spec.max_value
+        elif spec.encoding == "png":
+            feature.image_domain.SetInParent()
+    schema.default_environment.append("TRAINING")
+    schema.annotation.tag.append(f"colorization_schema_version:{SCHEMA_VERSION}")
+    return schema
+
+
+def write_schema(path: str, stored_size: int | None = None) -> str:
+    """Write schema.pbtxt (text format) at `path`, through tf.io.gfile so gs:// works."""
+    import tensorflow as tf
+    from google.protobuf import text_format
+
+    parent = path.rsplit("/", 1)[0]
+    if parent and parent != path:
+        tf.io.gfile.makedirs(parent)
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(text_format.MessageToString(tfmd_schema(stored_size)))
+    return path
