@@ -173,4 +173,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the importable module, so Beam pickles the DoFns by reference to it
+    # rather than by value from __main__ (which multi-process and remote workers cannot use).
+    from components.validator import main as _main
+
+    sys.exit(_main())

@@ -61,7 +61,7 @@ FEATURES: tuple[FeatureDef, ...] = (
         "float",
         "Hasler-Suesstrunk colourfulness of the stored RGB crop",
         min_value=0.0,
-        max_value=255.0,
+        max_value=469.0,  # spread term + 0.3 x mean term, each at most sqrt(2) * 255
     ),
 )
 _BY_NAME = {f.name: f for f in FEATURES}
@@ -140,31 +140,23 @@ def make_example(
     sha256: str,
     colorfulness: float,
 ):
-    """Build the tf.train.Example for one image."""
-    from tensorflow.core.example import example_pb2, feature_pb2
+    """Build the tf.train.Example for one image.
 
-    def b(value: bytes):
-        return feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[value]))
+    Fields are filled in place: nested constructors (Feature(bytes_list=...))
+    copy each message and cost 1,000x more under protobuf's upb backend.
+    """
+    from tensorflow.core.example import example_pb2
 
-    def i(value: int):
-        return feature_pb2.Feature(int64_list=feature_pb2.Int64List(value=[int(value)]))
-
-    def f(value: float):
-        return feature_pb2.Feature(float_list=feature_pb2.FloatList(value=[float(value)]))
-
-    return example_pb2.Example(
-        features=feature_pb2.Features(
-            feature={
-                IMAGE_KEY: b(lab_png),
-                HEIGHT_KEY: i(height),
-                WIDTH_KEY: i(width),
-                SOURCE_KEY: b(source.encode("utf-8")),
-                PATH_KEY: b(path.encode("utf-8")),
-                SHA256_KEY: b(sha256.encode("ascii")),
-                COLORFULNESS_KEY: f(colorfulness),
-            }
-        )
-    )
+    example = example_pb2.Example()
+    feature = example.features.feature
+    feature[IMAGE_KEY].bytes_list.value.append(lab_png)
+    feature[HEIGHT_KEY].int64_list.value.append(int(height))
+    feature[WIDTH_KEY].int64_list.value.append(int(width))
+    feature[SOURCE_KEY].bytes_list.value.append(source.encode("utf-8"))
+    feature[PATH_KEY].bytes_list.value.append(path.encode("utf-8"))
+    feature[SHA256_KEY].bytes_list.value.append(sha256.encode("ascii"))
+    feature[COLORFULNESS_KEY].float_list.value.append(float(colorfulness))
+    return example
 
 
 def feature_spec() -> dict[str, Any]:

@@ -1,0 +1,284 @@
+"""The ingest job: pure functions, Beam transforms, and the real job on a generated corpus."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from components import example_gen
+from components.example_gen import FileRef, IngestConfig, IngestError
+from tests.conftest import SIZE, read_records
+
+# ---------------------------------------------------------------- pure functions
+
+
+def test_data_dirs_take_names_or_folder_names():
+    assert example_gen.parse_data_dirs(["lfw=/data/lfw", "/data/Flickr8k/"]) == (
+        ("lfw", "/data/lfw"),
+        ("Flickr8k", "/data/Flickr8k"),
+    )
+    assert example_gen.parse_data_dirs(["gs://bucket/photos"]) == (("photos", "gs://bucket/photos"),)
+    with pytest.raises(IngestError, match="unique"):
+        example_gen.parse_data_dirs(["a=/x", "a=/y"])
+
+
+def test_limits_and_splits_are_parsed_or_refused_with_the_fix():
+    assert example_gen.parse_limits(["1920", "lfw=10"]) == (("*", 1920), ("lfw", 10))
+    with pytest.raises(IngestError, match="NAME=N"):
+        example_gen.parse_limits(["lots"])
+    assert example_gen.parse_splits("train=8,test=2") == (("train", 8), ("test", 2))
+    with pytest.raises(IngestError, match="train=80"):
+        example_gen.parse_splits("train:80")
+
+
+def test_split_depends_only_on_the_files_own_path():
+    splits = (("train", 80), ("eval", 10), ("test", 10))
+    paths = [f"Person_{i:04d}/Person_{i:04d}_0001.jpg" for i in range(2000)]
+    first = {p: example_gen.split_for("lfw", p, splits) for p in paths}
+    # the same answers whatever else is in the folder, in any order
+    assert {p: example_gen.split_for("lfw", p, splits) for p in reversed(paths[::3])} == {p: first[p] for p in paths[::3]}
+    counts = {s: sum(1 for v in first.values() if v == s) for s, _ in splits}
+    assert 1500 < counts["train"] < 1700 and 140 < counts["eval"] < 260 and 140 < counts["test"] < 260
+    # pinned: a change of the hash would silently move files between splits of existing datasets
+    assert [first[p] for p in paths[:12]] == ["train", "eval", "train", "test"] + ["train"] * 8
+    assert example_gen.stable_fraction("lfw/Aaron_Eckhart/Aaron_Eckhart_0001.jpg") == pytest.approx(0.2784962722)
+
+
+def test_histograms_count_every_pixel_in_the_right_bin():
+    codes = np.zeros((4, 5, 3), np.uint8)
+    codes[..., 0] = 200
+    codes[..., 1] = 128 + 20  # a = +20
+    codes[..., 2] = 128 - 40  # b = -40
+    l_hist, ab_hist = example_gen.histograms(codes)
+    assert l_hist.sum() == 20 and l_hist[200] == 20
+    assert ab_hist.sum() == 20 and ab_hist[148 // 4, 88 // 4] == 20
+
+
+# ---------------------------------------------------------------- Beam transforms
+
+
+def test_exact_duplicates_keep_the_first_path():
+    refs = [FileRef("s", "b.jpg", "/d/b.jpg"), FileRef("s", "a.jpg", "/d/a.jpg"), FileRef("s", "c.jpg", "/d/c.jpg")]
+    with TestPipeline() as p:
+        out = (
+            p
+            | beam.Create([("h1", refs[0]), ("h1", refs[1]), ("h2", refs[2])])
+            | beam.GroupByKey()
+            | beam.FlatMap(example_gen.keep_first).with_outputs("duplicates", main="unique")
+        )
+        assert_that(out.unique, equal_to([("h1", refs[1]), ("h2", refs[2])]), label="unique")
+        assert_that(
+            out.duplicates | beam.Map(lambda d: (d["path"], d["duplicate_of"])),
+            equal_to([("/d/b.jpg", "/d/a.jpg")]),
+            label="duplicates",
+        )
+
+
+def test_read_and_hash_rejects_empty_and_missing_files(tmp_path):
+    good = tmp_path / "good.jpg"
+    good.write_bytes(b"some bytes")
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    refs = [FileRef("s", n, str(tmp_path / n)) for n in ("good.jpg", "empty.jpg", "gone.jpg")]
+    with TestPipeline() as p:
+        out = p | beam.Create(refs) | beam.ParDo(example_gen.ReadAndHash()).with_outputs("rejected", main="hashed")
+        assert_that(
+            out.hashed | beam.Map(lambda kv: kv[1].relpath), equal_to(["good.jpg"]), label="hashed"
+        )
+        assert_that(
+            out.rejected | beam.Map(lambda r: (os.path.basename(r["path"]), r["reason"])),
+            equal_to([("empty.jpg", "empty"), ("gone.jpg", "unreadable")]),
+            label="rejected",
+        )
+
+
+def test_to_example_writes_decodable_lab_and_rejects_with_reason(tmp_path):
+    from PIL import Image
+
+    rgb = np.zeros((80, 100, 3), np.uint8)
+    rgb[:, :50] = (200, 30, 40)
+    rgb[:, 50:] = (30, 60, 210)
+    Image.fromarray(rgb).save(tmp_path / "ok.png")
+    (tmp_path / "text.jpg").write_text("hello")
+    config = IngestConfig(sources=(("s", str(tmp_path)),), output_dir=str(tmp_path), stored_size=64, min_side=64)
+    refs = [("0" * 64, FileRef("s", n, str(tmp_path / n))) for n in ("ok.png", "text.jpg")]
+    with TestPipeline() as p:
+        out = p | beam.Create(refs) | beam.ParDo(example_gen.ToExample(config)).with_outputs("rejected", main="examples")
+        assert_that(
+            out.rejected | beam.Map(lambda r: (os.path.basename(r["path"]), r["reason"])),
+            equal_to([("text.jpg", "not_an_image")]),
+            label="rejected",
+        )
+        assert_that(out.examples | beam.Map(lambda x: (x[2][0], x[2][2])), equal_to([("written", "s")]), label="ok")
+
+
+# ---------------------------------------------------------------- the real job
+
+
+def _rejections(output_dir: str) -> dict:
+    with open(os.path.join(output_dir, "rejected.jsonl")) as f:
+        return {r["path"]: r for r in map(json.loads, f)}
+
+
+def test_every_bad_file_is_rejected_with_its_reason(ingested, ingest_config, corpus_dirs):
+    _, expected, _, _ = corpus_dirs
+    rejected = _rejections(ingest_config.output_dir)
+    assert {path: rejected[path]["reason"] for path in expected if path in rejected} == expected
+    for record in rejected.values():
+        assert record["detail"].endswith(".") and len(record["detail"]) > 10
+
+
+def test_counts_add_up_and_duplicates_are_dropped(ingested, ingest_config, corpus_dirs):
+    sources, expected, odd_valid, copies = corpus_dirs
+    files = ingested["files"]
+    assert files["invariant_holds"]
+    assert files["written"] + files["rejected"] + files["duplicates"] == files["found"]
+    assert files["found"] == 40 + len(copies) + len(expected) + len(odd_valid)
+    assert files["duplicates"] == len(copies)
+    assert files["rejected"] == len(expected)
+    assert files["written"] == 40 + len(odd_valid)
+    with open(os.path.join(ingest_config.output_dir, "duplicates.jsonl")) as f:
+        dropped = sorted(json.loads(line)["path"] for line in f)
+    assert len(dropped) == len(copies)
+    assert sum(e["count"] for e in ingested["splits"].values()) == files["written"]
+    assert sorted(ingested["splits"]) == ["eval", "test", "train"]
+
+
+def test_records_decode_back_to_the_source_colours(ingested, ingest_config):
+    import tensorflow as tf
+
+    from components.color import lab_to_rgb, rgb_to_lab
+    from components.decode import decode_and_crop
+    from schemas import decode_lab, dequantize_lab, parse_examples, quantize_lab
+
+    records = read_records(ingest_config.output_dir, "train")
+    assert records
+    parsed = parse_examples(tf.constant(records))
+    roots = dict(ingest_config.sources)
+    checked = 0
+    for i in range(len(records)):
+        source = parsed["image/source"][i].numpy().decode()
+        path = os.path.join(roots[source], parsed["image/path"][i].numpy().decode())
+        with open(path, "rb") as f:
+            crop, _ = decode_and_crop(f.read(), size=SIZE, min_side=SIZE, max_pixels=10**8, min_colorfulness=0)
+        rgb = np.round(lab_to_rgb(decode_lab(parsed["image/lab_png"][i])).numpy() * 255)
+        exact = quantize_lab(rgb_to_lab(crop.astype(np.float32) / 255.0))
+        expected = np.round(lab_to_rgb(dequantize_lab(exact)).numpy() * 255)
+        # the record holds exactly the quantised LAB of its source's crop...
+        assert np.abs(rgb - expected).mean() < 0.05, path
+        # ...and 8-bit LAB costs at most a few RGB levels (8 on pure primaries at the gamut's edge)
+        error = np.abs(rgb - crop.astype(np.float64))
+        assert error.mean() < 2.5 and error.max() <= 12, path
+        assert int(parsed["image/height"][i]) == int(parsed["image/width"][i]) == SIZE
+        checked += 1
+    assert checked == len(records)
+
+
+def test_statistics_describe_the_written_data(ingested, ingest_config):
+    stats = ingested
+    assert stats["stored_size"] == SIZE
+    assert stats["pixels"] == stats["files"]["written"] * SIZE * SIZE
+    assert sum(stats["l_histogram"]["counts"]) == stats["pixels"]
+    assert np.asarray(stats["ab_histogram"]["counts"]).sum() == stats["pixels"]
+    assert stats["mean_colorfulness"] > 10
+    assert stats["sources"]["scenes"]["written"] == 40
+    assert stats["sources"]["odd"]["rejected"] == stats["files"]["rejected"]
+    picture = os.path.join(ingest_config.output_dir, "statistics", "ab_histogram.png")
+    from PIL import Image
+
+    with Image.open(picture) as image:
+        assert image.size == (256, 256) and image.mode == "RGB"
+        pixels = np.asarray(image)
+        assert pixels.std() > 5  # not a blank picture
+
+
+def test_schema_pbtxt_and_validation_report(ingested, ingest_config):
+    from google.protobuf import text_format
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    from components import validator
+    from schemas import FEATURES
+
+    with open(os.path.join(ingest_config.output_dir, "schema", "schema.pbtxt")) as f:
+        schema = text_format.Parse(f.read(), schema_pb2.Schema())
+    assert [f.name for f in schema.feature] == [f.name for f in FEATURES]
+    report = validator.run_validation(ingest_config.output_dir, ["--runner=DirectRunner"])
+    assert report["anomalies"] == []
+    assert sum(report["records_checked"].values()) == ingested["files"]["written"]
+
+
+def test_validator_fails_on_records_that_break_the_schema(ingested, ingest_config, tmp_path):
+    import shutil
+
+    from components import validator
+    from components.tfrecord_sink import tfrecord_frame
+    from schemas import make_example
+
+    out = tmp_path / "broken"
+    shutil.copytree(ingest_config.output_dir, out)
+    bad = make_example(lab_png=b"not a png", height=SIZE, width=SIZE, source="x", path="y.jpg", sha256="0" * 64,
+                       colorfulness=1.0).SerializeToString()
+    with open(out / "examples" / "train" / "data-99999-of-99999.tfrecord", "wb") as f:
+        f.write(tfrecord_frame(bad))
+    with pytest.raises(validator.ValidationError, match="does not decode as PNG"):
+        validator.run_validation(str(out), ["--runner=DirectRunner"])
+    report = json.loads((out / "anomalies.json").read_text())
+    problems = " ".join(a["problem"] for a in report["anomalies"])
+    assert "does not decode as PNG" in problems and "statistics say" in problems
+
+
+def test_same_input_twice_gives_the_same_records_even_multi_process(ingested, ingest_config, tmp_path):
+    from components.example_gen import run_ingest
+
+    again = ingest_config._replace(output_dir=str(tmp_path / "again"))
+    run_ingest(again, ["--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"])
+    for split in ("train", "eval", "test"):
+        first = sorted(read_records(ingest_config.output_dir, split))
+        second = sorted(read_records(again.output_dir, split))
+        assert first == second and (split != "train" or first)
+
+
+def test_per_source_limit_is_a_stable_sample(corpus_dirs, tmp_path):
+    from components.example_gen import run_ingest
+
+    sources, *_ = corpus_dirs
+    config = IngestConfig(sources=sources[:1], output_dir=str(tmp_path / "a"), limits=(("scenes", 10),),
+                          stored_size=SIZE, min_side=SIZE)
+    stats = run_ingest(config, ["--runner=DirectRunner"])
+    assert stats["files"]["found"] == 10 and stats["files"]["over_limit"] == 32
+    again = run_ingest(config._replace(output_dir=str(tmp_path / "b")), ["--runner=DirectRunner"])
+    paths = lambda d: sorted(  # noqa: E731
+        r for s in ("train", "eval", "test") for r in read_records(d, s)
+    )
+    assert paths(config.output_dir) == paths(str(tmp_path / "b")) and again["files"] == stats["files"]
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+def test_cli_ingests_validates_and_refuses_to_mix_runs(corpus_dirs, tmp_path, capsys):
+    sources, *_ = corpus_dirs
+    out = str(tmp_path / "cli")
+    argv = ["--data_dir", f"scenes={sources[0][1]}", "--output_dir", out, "--stored_size", str(SIZE),
+            "--min_side", str(SIZE), "--runner=DirectRunner"]
+    assert example_gen.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "adds up" in printed and "Validated" in printed and "0 anomalies" in printed
+    assert example_gen.main(argv) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert example_gen.main(argv + ["--overwrite", "--validation", "sample"]) == 0
+
+
+def test_cli_names_a_missing_or_empty_data_dir(tmp_path, capsys):
+    code = example_gen.main(["--data_dir", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "o")])
+    assert code == 2 and "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    code = example_gen.main(["--data_dir", str(tmp_path / "empty"), "--output_dir", str(tmp_path / "o2"),
+                             "--runner=DirectRunner"])
+    assert code == 2 and "no image files" in capsys.readouterr().err

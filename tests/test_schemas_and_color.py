@@ -1,0 +1,157 @@
+"""The data contract and the colour module: LAB as skimage computes it, lossless records."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from components.color import LabTable, colorfulness, lab_to_rgb, rgb_to_lab
+from schemas import (
+    FEATURES,
+    check_example,
+    decode_lab,
+    dequantize_lab,
+    encode_png,
+    make_example,
+    quantize_lab,
+    tfmd_schema,
+)
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
+
+
+def _photo(name: str) -> np.ndarray:
+    from skimage import data
+
+    return getattr(data, name)()
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_lab_matches_skimage_on_real_photos(name):
+    from skimage.color import rgb2lab
+
+    rgb = _photo(name)
+    ours = rgb_to_lab(rgb.astype(np.float32) / 255.0).numpy()
+    assert np.abs(ours - rgb2lab(rgb)).max() < 0.5
+
+
+@pytest.fixture(scope="module")
+def lab_table():
+    return LabTable()
+
+
+def test_lab_table_gives_tfio_plus_quantisation(lab_table):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (50_000, 3), dtype=np.uint8)
+    corners = np.array([[r, g, b] for r in (0, 255) for g in (0, 255) for b in (0, 255)], np.uint8)
+    for rgb in (pixels, corners, _photo("coffee")):
+        direct = quantize_lab(rgb_to_lab(rgb.astype(np.float32) / 255.0)).numpy().astype(int)
+        difference = np.abs(lab_table(rgb).astype(int) - direct)
+        # float32 round-off can tip a value sitting on a rounding tie by one code, nothing more
+        assert difference.max() <= 1 and (difference > 0).mean() < 1e-4
+
+
+def test_lab_table_cache_is_reused_and_a_corrupt_cache_is_rebuilt(lab_table, tmp_path):
+    import os
+    import shutil
+
+    cached = tmp_path / os.path.basename(lab_table.path)
+    shutil.copyfile(lab_table.path, cached)
+    before = cached.stat().st_mtime_ns
+    rgb = _photo("chelsea")
+    np.testing.assert_array_equal(LabTable(cache_dir=str(tmp_path))(rgb), lab_table(rgb))
+    assert cached.stat().st_mtime_ns == before  # loaded, not rebuilt
+    cached.write_bytes(b"garbage")
+    np.testing.assert_array_equal(LabTable(cache_dir=str(tmp_path))(rgb), lab_table(rgb))
+    assert np.load(cached).shape == (1 << 24,)  # rebuilt and cached again
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_a_record_decodes_back_to_rgb_within_quantisation_error(name, lab_table):
+    rgb = _photo(name)[:128, :160]
+    png = encode_png(lab_table(rgb))
+    back = np.round(lab_to_rgb(decode_lab(png)).numpy() * 255)
+    error = np.abs(back - rgb)
+    assert error.mean() < 1.0 and np.percentile(error, 99.9) <= 6
+
+
+def test_quantisation_round_trips_within_half_a_step():
+    lab = np.array([[0.0, -128.0, -128.0], [100.0, 127.0, 127.0], [53.2, 80.1, 67.2], [50.0, -0.4, 0.6]], np.float32)
+    back = dequantize_lab(quantize_lab(lab)).numpy()
+    assert np.abs(back[:, 0] - lab[:, 0]).max() <= 100 / 255 / 2 + 1e-4
+    assert np.abs(back[:, 1:] - lab[:, 1:]).max() <= 0.5 + 1e-4
+    # out-of-range values clip instead of wrapping around
+    assert quantize_lab(np.array([[120.0, 200.0, -300.0]], np.float32)).numpy().tolist() == [[255, 255, 0]]
+
+
+def test_png_is_lossless_and_readable_by_pillow_and_tensorflow():
+    import tensorflow as tf
+
+    codes = np.random.default_rng(1).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    png = encode_png(codes)
+    np.testing.assert_array_equal(tf.io.decode_png(png).numpy(), codes)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png))), codes)
+    with pytest.raises(ValueError, match="H, W, 3"):
+        encode_png(codes[..., 0])
+
+
+def test_colorfulness_is_zero_for_gray_and_high_for_saturated():
+    gray = np.repeat(np.linspace(0, 255, 64 * 64).reshape(64, 64, 1), 3, axis=2).astype(np.uint8)
+    assert colorfulness(gray) == pytest.approx(0.0, abs=1e-6)
+    stripes = np.zeros((64, 64, 3), np.uint8)
+    stripes[:, ::2] = (255, 0, 0)
+    stripes[:, 1::2] = (0, 0, 255)
+    assert colorfulness(stripes) > 80
+
+
+def _example(**overrides):
+    fields = dict(lab_png=encode_png(np.zeros((8, 8, 3), np.uint8)), height=8, width=8, source="lfw",
+                  path="A/A_0001.jpg", sha256="ab" * 32, colorfulness=12.5)
+    fields.update(overrides)
+    return make_example(**fields)
+
+
+def test_check_example_accepts_a_good_record_and_names_each_problem():
+    assert check_example(_example().SerializeToString(), stored_size=8) == []
+    assert check_example(b"\x00garbage") != []
+    assert "stored size is 16x16" in " ".join(check_example(_example().SerializeToString(), stored_size=16))
+    assert "does not decode as PNG" in " ".join(check_example(_example(lab_png=b"junk").SerializeToString()))
+    assert "is 8x8 but height/width say 9x8" in " ".join(check_example(_example(height=9).SerializeToString()))
+    assert "64 lowercase hex" in " ".join(check_example(_example(sha256="xyz").SerializeToString()))
+    assert "'image/source' is empty" in " ".join(check_example(_example(source="").SerializeToString()))
+    gray = io.BytesIO()
+    Image.new("L", (8, 8)).save(gray, "PNG")
+    assert "mode L" in " ".join(check_example(_example(lab_png=gray.getvalue()).SerializeToString()))
+    example = _example()
+    del example.features.feature["image/width"]
+    example.features.feature["extra"].int64_list.value.append(1)
+    problems = check_example(example.SerializeToString())
+    assert "missing feature 'image/width'" in problems and "unexpected feature 'extra'" in problems
+    example = _example()
+    example.features.feature["image/height"].int64_list.value.append(3)
+    assert "exactly one value" in " ".join(check_example(example.SerializeToString()))
+
+
+def test_records_parse_with_the_feature_spec():
+    import tensorflow as tf
+
+    from schemas import parse_examples
+
+    parsed = parse_examples(tf.constant([_example().SerializeToString()]))
+    assert set(parsed) == {f.name for f in FEATURES}
+    assert parsed["image/source"].numpy().tolist() == [b"lfw"]
+    assert decode_lab(parsed["image/lab_png"][0]).shape == (8, 8, 3)
+
+
+def test_tfmd_schema_states_types_presence_and_domains():
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    schema = tfmd_schema(stored_size=256)
+    features = {f.name: f for f in schema.feature}
+    assert set(features) == {f.name for f in FEATURES}
+    assert features["image/lab_png"].type == schema_pb2.BYTES
+    assert features["image/height"].int_domain.min == features["image/height"].int_domain.max == 256
+    assert all(f.presence.min_fraction == 1.0 and f.value_count.max == 1 for f in schema.feature)
