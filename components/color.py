@@ -41,11 +41,14 @@ def colorfulness(rgb: np.ndarray) -> float:
     return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
 
 
-_TABLE_VERSION = 1
+_TABLE_VERSION = 2
 
 
 def _build_lab_table() -> np.ndarray:
-    """Quantised LAB codes of all 2^24 8-bit sRGB colours, packed into uint32."""
+    """Quantised LAB codes of all 2^24 8-bit sRGB colours, packed into uint32.
+
+    Indexed by r | g << 8 | b << 16: the little-endian value of an RGBX pixel.
+    """
     import tensorflow as tf
 
     from schemas import quantize_lab
@@ -62,7 +65,7 @@ def _build_lab_table() -> np.ndarray:
     table = np.empty((256, 256, 256), np.uint32)
     for r in range(0, 256, 16):
         table[r : r + 16] = block(tf.range(r, r + 16)).numpy().astype(np.uint32)
-    return table.reshape(-1)
+    return np.ascontiguousarray(table.transpose(2, 1, 0)).reshape(-1)
 
 
 class LabTable:
@@ -102,10 +105,26 @@ class LabTable:
                 pass  # an unwritable cache only costs the rebuild next time
         self._table = np.ascontiguousarray(table)
 
+    def packed(self, rgb: np.ndarray) -> np.ndarray:
+        """uint8 RGB [..., 3] -> uint32 [...]: L | a << 8 | b << 16 (codes)."""
+        from PIL import Image
+
+        rgb = np.asarray(rgb, dtype=np.uint8)
+        image = rgb if rgb.ndim == 3 else rgb.reshape(-1, 1, 3)
+        rgbx = np.asarray(Image.fromarray(np.ascontiguousarray(image), "RGB").convert("RGBX"))
+        index = rgbx.view("<u4")[..., 0] & 0xFFFFFF
+        return self._table.take(index).reshape(rgb.shape[:-1])
+
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """uint8 RGB [..., 3] -> uint8 LAB codes [..., 3]."""
-        rgb = np.asarray(rgb, dtype=np.uint8)
-        c = rgb.astype(np.uint32)
-        index = (c[..., 0] << 16) | (c[..., 1] << 8) | c[..., 2]
-        packed = self._table.take(index)
-        return packed.view(np.uint8).reshape(*rgb.shape[:-1], 4)[..., :3]
+        packed = self.packed(rgb)
+        return unpack(packed.reshape(-1, 1) if packed.ndim != 2 else packed).reshape(*packed.shape, 3)
+
+
+def unpack(packed: np.ndarray) -> np.ndarray:
+    """LabTable.packed codes [H, W] -> contiguous uint8 LAB codes [H, W, 3]."""
+    from PIL import Image
+
+    height, width = packed.shape
+    packed = np.ascontiguousarray(packed, dtype="<u4")
+    return np.asarray(Image.frombuffer("RGBX", (width, height), packed, "raw", "RGBX", 0, 1).convert("RGB"))

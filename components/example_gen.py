@@ -153,13 +153,17 @@ def split_for(source: str, relpath: str, splits: tuple) -> str:
     return splits[-1][0]
 
 
-def histograms(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """L histogram (256 code bins) and 2-D ab histogram (AB_BIN-wide bins) of LAB codes."""
-    bins = 256 // AB_BIN
-    l_hist = np.bincount(codes[..., 0].ravel(), minlength=256)
-    ab_index = (codes[..., 1] // AB_BIN).astype(np.int32) * bins + codes[..., 2] // AB_BIN
-    ab_hist = np.bincount(ab_index.ravel(), minlength=bins * bins).reshape(bins, bins)
+def histograms(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """L histogram (256 codes) and full-resolution ab histogram [a code, b code] of LabTable.packed codes."""
+    l_hist = np.bincount((packed & 0xFF).ravel(), minlength=256)
+    ab_hist = np.bincount((packed >> 8).ravel(), minlength=1 << 16).reshape(256, 256).T  # index a + 256 b
     return l_hist, ab_hist
+
+
+def bin_ab(ab_hist: np.ndarray) -> np.ndarray:
+    """256x256 ab code histogram -> AB_BIN-wide bins."""
+    bins = 256 // AB_BIN
+    return ab_hist.reshape(bins, AB_BIN, bins, AB_BIN).sum(axis=(1, 3))
 
 
 def rejection(ref: FileRef, reason: str, detail: str) -> dict:
@@ -236,6 +240,7 @@ class ToExample(beam.DoFn):
         self._lab = LabTable()
 
     def process(self, item):
+        from components.color import unpack
         from components.decode import RejectedImage, decode_and_crop
         from schemas import encode_png, make_example
 
@@ -259,9 +264,9 @@ class ToExample(beam.DoFn):
             Metrics.counter(_NAMESPACE, "rejected_unreadable").inc()
             yield beam.pvalue.TaggedOutput("rejected", rejection(ref, "unreadable", f"cannot read the file ({e})."))
             return
-        codes = self._lab(crop)
+        packed = self._lab.packed(crop)
         example = make_example(
-            lab_png=encode_png(codes),
+            lab_png=encode_png(unpack(packed)),
             height=cfg.stored_size,
             width=cfg.stored_size,
             source=ref.source,
@@ -271,7 +276,7 @@ class ToExample(beam.DoFn):
         )
         split = split_for(ref.source, ref.relpath, cfg.splits)
         Metrics.counter(_NAMESPACE, f"written_{split}").inc()
-        l_hist, ab_hist = histograms(codes)
+        l_hist, ab_hist = histograms(packed)
         yield split, example.SerializeToString(), ("written", split, ref.source, colorfulness, l_hist, ab_hist)
 
 
@@ -282,7 +287,6 @@ class IngestStatistics(beam.CombineFn):
     """Combines per-file events into counts, histograms and colourfulness."""
 
     def create_accumulator(self):
-        bins = 256 // AB_BIN
         return {
             "found": {},
             "over_limit": {},
@@ -291,7 +295,7 @@ class IngestStatistics(beam.CombineFn):
             "duplicates": {},  # source -> n
             "colorfulness_sum": {},  # split -> float
             "l_hist": np.zeros(256, np.int64),
-            "ab_hist": np.zeros((bins, bins), np.int64),
+            "ab_hist": np.zeros((256, 256), np.int64),
         }
 
     def add_input(self, acc, event):
@@ -362,7 +366,7 @@ def summarize(acc: dict, config: IngestConfig) -> dict:
     n_written = totals["written"]
     total_cf = sum(acc["colorfulness_sum"].values())
     l_hist = acc["l_hist"]
-    ab_hist = acc["ab_hist"]
+    ab_hist = bin_ab(acc["ab_hist"])
     pixels = int(l_hist.sum())
     bins = 256 // AB_BIN
     centres = (np.arange(bins) * AB_BIN + (AB_BIN - 1) / 2.0) - AB_OFFSET
@@ -428,7 +432,7 @@ def write_statistics(acc: dict, config: IngestConfig) -> dict:
     with FileSystems.create(FileSystems.join(config.output_dir, STATISTICS_FILE)) as f:
         f.write(json.dumps(stats, indent=1).encode("utf-8"))
     with FileSystems.create(FileSystems.join(config.output_dir, AB_HISTOGRAM_FILE)) as f:
-        f.write(render_ab_histogram(acc["ab_hist"]))
+        f.write(render_ab_histogram(bin_ab(acc["ab_hist"])))
     return stats
 
 
@@ -620,9 +624,10 @@ def run_ingest(config: IngestConfig, beam_args: list[str], *, overwrite: bool = 
         raise IngestError(
             f"all {files['found']} files were rejected or duplicates; see {FileSystems.join(config.output_dir, REJECTED_FILE)}."
         )
-    from schemas import write_schema
+    from schemas import schema_pbtxt
 
-    write_schema(FileSystems.join(config.output_dir, SCHEMA_FILE), config.stored_size)
+    with FileSystems.create(FileSystems.join(config.output_dir, SCHEMA_FILE)) as f:
+        f.write(schema_pbtxt(config.stored_size).encode("utf-8"))
     return stats
 
 

@@ -20,6 +20,6 @@ from schemas.examples import (  # noqa: F401
     make_example,
     parse_examples,
     quantize_lab,
+    schema_pbtxt,
     tfmd_schema,
-    write_schema,
 )

@@ -292,14 +292,8 @@ def tfmd_schema(stored_size: int | None = None):
     return schema
 
 
-def write_schema(path: str, stored_size: int | None = None) -> str:
-    """Write schema.pbtxt (text format) at `path`, through tf.io.gfile so gs:// works."""
-    import tensorflow as tf
+def schema_pbtxt(stored_size: int | None = None) -> str:
+    """The tensorflow-metadata schema in text format, as TFDV and TFX write schema.pbtxt."""
     from google.protobuf import text_format
 
-    parent = path.rsplit("/", 1)[0]
-    if parent and parent != path:
-        tf.io.gfile.makedirs(parent)
-    with tf.io.gfile.GFile(path, "w") as f:
-        f.write(text_format.MessageToString(tfmd_schema(stored_size)))
-    return path
+    return text_format.MessageToString(tfmd_schema(stored_size))

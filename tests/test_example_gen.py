@@ -51,13 +51,12 @@ def test_split_depends_only_on_the_files_own_path():
 
 
 def test_histograms_count_every_pixel_in_the_right_bin():
-    codes = np.zeros((4, 5, 3), np.uint8)
-    codes[..., 0] = 200
-    codes[..., 1] = 128 + 20  # a = +20
-    codes[..., 2] = 128 - 40  # b = -40
-    l_hist, ab_hist = example_gen.histograms(codes)
+    packed = np.full((4, 5), 200 | (148 << 8) | (88 << 16), np.uint32)  # L code 200, a = +20, b = -40
+    l_hist, ab_hist = example_gen.histograms(packed)
     assert l_hist.sum() == 20 and l_hist[200] == 20
-    assert ab_hist.sum() == 20 and ab_hist[148 // 4, 88 // 4] == 20
+    assert ab_hist.sum() == 20 and ab_hist[148, 88] == 20
+    binned = example_gen.bin_ab(ab_hist)
+    assert binned.shape == (64, 64) and binned[148 // 4, 88 // 4] == 20
 
 
 # ---------------------------------------------------------------- Beam transforms
