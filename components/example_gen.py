@@ -33,6 +33,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import posixpath
 import sys
 from typing import Iterable, NamedTuple
@@ -229,7 +230,12 @@ def keep_first(item):
 
 
 class ToExample(beam.DoFn):
-    """(sha256, FileRef) -> (split, serialized tf.train.Example, statistics event), or a rejection."""
+    """(sha256, FileRef) -> (split, serialized tf.train.Example), or a rejection.
+
+    Statistics of the written images are pre-aggregated per bundle and emitted
+    once per bundle on the 'stats' output: per-image histograms would move
+    0.5 MiB per image through the runner.
+    """
 
     def __init__(self, config: IngestConfig):
         self._config = config
@@ -238,6 +244,17 @@ class ToExample(beam.DoFn):
         from components.color import LabTable
 
         self._lab = LabTable()
+        self._statistics = IngestStatistics()
+
+    def start_bundle(self):
+        self._bundle_stats = self._statistics.create_accumulator()
+        self._bundle_written = 0
+
+    def finish_bundle(self):
+        if self._bundle_written:
+            from apache_beam.transforms.window import GlobalWindows
+
+            yield beam.pvalue.TaggedOutput("stats", GlobalWindows.windowed_value(("partial", self._bundle_stats)))
 
     def process(self, item):
         from components.color import unpack
@@ -249,6 +266,11 @@ class ToExample(beam.DoFn):
         try:
             with FileSystems.open(ref.path) as f:
                 data = f.read()
+        except Exception as e:  # the file vanished or the filesystem failed since it was hashed
+            Metrics.counter(_NAMESPACE, "rejected_unreadable").inc()
+            yield beam.pvalue.TaggedOutput("rejected", rejection(ref, "unreadable", f"cannot read the file ({e})."))
+            return
+        try:
             crop, colorfulness = decode_and_crop(
                 data,
                 size=cfg.stored_size,
@@ -259,10 +281,6 @@ class ToExample(beam.DoFn):
         except RejectedImage as e:
             Metrics.counter(_NAMESPACE, f"rejected_{e.reason}").inc()
             yield beam.pvalue.TaggedOutput("rejected", rejection(ref, e.reason, e.detail))
-            return
-        except Exception as e:  # the file vanished or the filesystem failed between the two reads
-            Metrics.counter(_NAMESPACE, "rejected_unreadable").inc()
-            yield beam.pvalue.TaggedOutput("rejected", rejection(ref, "unreadable", f"cannot read the file ({e})."))
             return
         packed = self._lab.packed(crop)
         example = make_example(
@@ -277,14 +295,16 @@ class ToExample(beam.DoFn):
         split = split_for(ref.source, ref.relpath, cfg.splits)
         Metrics.counter(_NAMESPACE, f"written_{split}").inc()
         l_hist, ab_hist = histograms(packed)
-        yield split, example.SerializeToString(), ("written", split, ref.source, colorfulness, l_hist, ab_hist)
+        self._statistics.add_input(self._bundle_stats, ("written", split, ref.source, colorfulness, l_hist, ab_hist))
+        self._bundle_written += 1
+        yield split, example.SerializeToString()
 
 
 # ---------------------------------------------------------------- statistics
 
 
 class IngestStatistics(beam.CombineFn):
-    """Combines per-file events into counts, histograms and colourfulness."""
+    """Combines per-file events (and per-bundle partial statistics) into counts, histograms and colourfulness."""
 
     def create_accumulator(self):
         return {
@@ -300,6 +320,8 @@ class IngestStatistics(beam.CombineFn):
 
     def add_input(self, acc, event):
         kind = event[0]
+        if kind == "partial":
+            return self._merge_into(acc, event[1])
         if kind == "found":
             _, source, n, over = event
             acc["found"][source] = acc["found"].get(source, 0) + n
@@ -317,14 +339,19 @@ class IngestStatistics(beam.CombineFn):
             acc["duplicates"][event[1]] = acc["duplicates"].get(event[1], 0) + 1
         return acc
 
+    @staticmethod
+    def _merge_into(merged, acc):
+        for key in ("found", "over_limit", "written", "rejected", "duplicates", "colorfulness_sum"):
+            for k, v in acc[key].items():
+                merged[key][k] = merged[key].get(k, 0) + v
+        merged["l_hist"] += acc["l_hist"]
+        merged["ab_hist"] += acc["ab_hist"]
+        return merged
+
     def merge_accumulators(self, accumulators):
         merged = self.create_accumulator()
         for acc in accumulators:
-            for key in ("found", "over_limit", "written", "rejected", "duplicates", "colorfulness_sum"):
-                for k, v in acc[key].items():
-                    merged[key][k] = merged[key].get(k, 0) + v
-            merged["l_hist"] += acc["l_hist"]
-            merged["ab_hist"] += acc["ab_hist"]
+            self._merge_into(merged, acc)
         return merged
 
     def extract_output(self, acc):
@@ -463,7 +490,9 @@ class IngestImages(beam.PTransform):
             | "GroupByContent" >> beam.GroupByKey()
             | "DropDuplicates" >> beam.FlatMap(keep_first).with_outputs("duplicates", main="unique")
         )
-        converted = unique.unique | "ToExample" >> beam.ParDo(ToExample(cfg)).with_outputs("rejected", main="examples")
+        converted = unique.unique | "ToExample" >> beam.ParDo(ToExample(cfg)).with_outputs(
+            "rejected", "stats", main="examples"
+        )
 
         for split, _ in cfg.splits:
             prefix = FileSystems.join(cfg.output_dir, EXAMPLES_DIR, split, "data")
@@ -486,7 +515,7 @@ class IngestImages(beam.PTransform):
         )
         events = (
             listed.found,
-            converted.examples | "WrittenEvents" >> beam.Map(lambda x: x[2]),
+            converted.stats,
             rejected | "RejectedEvents" >> beam.Map(lambda r: ("rejected", r["source"], r["reason"])),
             unique.duplicates | "DuplicateEvents" >> beam.Map(lambda r: ("duplicate", r["source"])),
         ) | "AllEvents" >> beam.Flatten()
@@ -569,10 +598,21 @@ def config_from_args(args: argparse.Namespace) -> IngestConfig:
     )
 
 
+def _inside(path: str, folder: str) -> bool:
+    if "://" not in path and "://" not in folder:
+        path, folder = os.path.abspath(path), os.path.abspath(folder)
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
 def _check_paths(config: IngestConfig, overwrite: bool) -> None:
     for name, root in config.sources:
         if not FileSystems.exists(root):
             raise IngestError(f"data dir {root!r} ({name}) does not exist; pass --data_dir NAME=PATH of a folder of images.")
+        if _inside(config.output_dir, root):
+            raise IngestError(
+                f"--output_dir {config.output_dir!r} is inside data dir {root!r}, so a later run would ingest "
+                "its own outputs; choose an output dir outside it."
+            )
     examples = FileSystems.join(config.output_dir, EXAMPLES_DIR)
     existing = FileSystems.match([FileSystems.join(examples, "**")])[0].metadata_list if FileSystems.exists(examples) else []
     if existing:

@@ -108,13 +108,20 @@ def test_to_example_writes_decodable_lab_and_rejects_with_reason(tmp_path):
     config = IngestConfig(sources=(("s", str(tmp_path)),), output_dir=str(tmp_path), stored_size=64, min_side=64)
     refs = [("0" * 64, FileRef("s", n, str(tmp_path / n))) for n in ("ok.png", "text.jpg")]
     with TestPipeline() as p:
-        out = p | beam.Create(refs) | beam.ParDo(example_gen.ToExample(config)).with_outputs("rejected", main="examples")
+        out = p | beam.Create(refs) | beam.ParDo(example_gen.ToExample(config)).with_outputs(
+            "rejected", "stats", main="examples"
+        )
         assert_that(
             out.rejected | beam.Map(lambda r: (os.path.basename(r["path"]), r["reason"])),
             equal_to([("text.jpg", "not_an_image")]),
             label="rejected",
         )
-        assert_that(out.examples | beam.Map(lambda x: (x[2][0], x[2][2])), equal_to([("written", "s")]), label="ok")
+        assert_that(out.examples | beam.Map(lambda x: x[0] in ("train", "eval", "test")), equal_to([True]), label="ok")
+        assert_that(
+            out.stats | beam.Map(lambda e: (e[0], sum(e[1]["written"].values()), int(e[1]["l_hist"].sum()))),
+            equal_to([("partial", 1, 64 * 64)]),
+            label="stats",
+        )
 
 
 # ---------------------------------------------------------------- the real job
@@ -210,6 +217,11 @@ def test_schema_pbtxt_and_validation_report(ingested, ingest_config):
     report = validator.run_validation(ingest_config.output_dir, ["--runner=DirectRunner"])
     assert report["anomalies"] == []
     assert sum(report["records_checked"].values()) == ingested["files"]["written"]
+    sampled = validator.run_validation(ingest_config.output_dir, ["--runner=DirectRunner"], sample_rate=0.3)
+    again = validator.run_validation(ingest_config.output_dir, ["--runner=DirectRunner"], sample_rate=0.3)
+    checked = sum(sampled["records_checked"].values())
+    assert 0 < checked < ingested["files"]["written"] and sampled["records_checked"] == again["records_checked"]
+    assert sum(sampled["records_read"].values()) == ingested["files"]["written"]
 
 
 def test_validator_fails_on_records_that_break_the_schema(ingested, ingest_config, tmp_path):
@@ -281,3 +293,9 @@ def test_cli_names_a_missing_or_empty_data_dir(tmp_path, capsys):
     code = example_gen.main(["--data_dir", str(tmp_path / "empty"), "--output_dir", str(tmp_path / "o2"),
                              "--runner=DirectRunner"])
     assert code == 2 and "no image files" in capsys.readouterr().err
+
+
+def test_cli_refuses_an_output_dir_inside_a_data_dir(corpus_dirs, capsys):
+    sources, *_ = corpus_dirs
+    code = example_gen.main(["--data_dir", sources[0][1], "--output_dir", sources[0][1] + "/ingest"])
+    assert code == 2 and "inside data dir" in capsys.readouterr().err
