@@ -73,7 +73,7 @@ class IngestConfig(NamedTuple):
     sources: tuple  # ((name, root), ...)
     output_dir: str
     limits: tuple = ()  # ((name or "*", n), ...)
-    stored_size: int = 256
+    stored_size: int = 250
     min_side: int = 250
     max_pixels: int = 64_000_000
     min_colorfulness: float = 3.0
@@ -167,8 +167,10 @@ def bin_ab(ab_hist: np.ndarray) -> np.ndarray:
     return ab_hist.reshape(bins, AB_BIN, bins, AB_BIN).sum(axis=(1, 3))
 
 
-def rejection(ref: FileRef, reason: str, detail: str) -> dict:
-    return {"path": ref.path, "source": ref.source, "reason": reason, "detail": detail}
+def reject(ref: FileRef, reason: str, detail: str) -> beam.pvalue.TaggedOutput:
+    """A dead-letter record on the 'rejected' output, counted per reason."""
+    Metrics.counter(_NAMESPACE, f"rejected_{reason}").inc()
+    return beam.pvalue.TaggedOutput("rejected", {"path": ref.path, "source": ref.source, "reason": reason, "detail": detail})
 
 
 # ---------------------------------------------------------------- DoFns
@@ -208,10 +210,10 @@ class ReadAndHash(beam.DoFn):
             with FileSystems.open(ref.path) as f:
                 data = f.read()
         except Exception as e:  # the filesystem's own error names the problem
-            yield beam.pvalue.TaggedOutput("rejected", rejection(ref, "unreadable", f"cannot read the file ({e})."))
+            yield reject(ref, "unreadable", f"The file cannot be read ({e}).")
             return
         if not data:
-            yield beam.pvalue.TaggedOutput("rejected", rejection(ref, "empty", "the file is empty (0 bytes)."))
+            yield reject(ref, "empty", "The file is empty (0 bytes).")
             return
         yield hashlib.sha256(data).hexdigest(), ref
 
@@ -267,8 +269,7 @@ class ToExample(beam.DoFn):
             with FileSystems.open(ref.path) as f:
                 data = f.read()
         except Exception as e:  # the file vanished or the filesystem failed since it was hashed
-            Metrics.counter(_NAMESPACE, "rejected_unreadable").inc()
-            yield beam.pvalue.TaggedOutput("rejected", rejection(ref, "unreadable", f"cannot read the file ({e})."))
+            yield reject(ref, "unreadable", f"The file cannot be read ({e}).")
             return
         try:
             crop, colorfulness = decode_and_crop(
@@ -279,8 +280,7 @@ class ToExample(beam.DoFn):
                 min_colorfulness=cfg.min_colorfulness,
             )
         except RejectedImage as e:
-            Metrics.counter(_NAMESPACE, f"rejected_{e.reason}").inc()
-            yield beam.pvalue.TaggedOutput("rejected", rejection(ref, e.reason, e.detail))
+            yield reject(ref, e.reason, e.detail)
             return
         packed = self._lab.packed(crop)
         example = make_example(
@@ -562,8 +562,9 @@ def _build_parser() -> argparse.ArgumentParser:
         help="Take at most N files per source (a stable sample by path hash); NAME=N for one source. "
         "The report used 1920.",
     )
-    parser.add_argument("--stored_size", type=int, default=256, help="Side of the stored square crop (default 256; "
-                        "training random-crops below it, e.g. 224).")
+    parser.add_argument("--stored_size", type=int, default=250, help="Side of the stored square crop (default 250, "
+                        "LFW's own size and the report's minimum side, so nothing is upsampled; training "
+                        "random-crops 224 out of it).")
     parser.add_argument("--min_side", type=int, default=250, help="Reject images whose shorter side is below this "
                         "(default 250, as the report).")
     parser.add_argument("--max_pixels", type=int, default=64_000_000, help="Reject images whose header claims more "

@@ -274,13 +274,16 @@ def test_per_source_limit_is_a_stable_sample(corpus_dirs, tmp_path):
 
 
 def test_cli_ingests_validates_and_refuses_to_mix_runs(corpus_dirs, tmp_path, capsys):
-    sources, *_ = corpus_dirs
+    sources, expected, _, _ = corpus_dirs
     out = str(tmp_path / "cli")
-    argv = ["--data_dir", f"scenes={sources[0][1]}", "--output_dir", out, "--stored_size", str(SIZE),
-            "--min_side", str(SIZE), "--runner=DirectRunner"]
+    argv = ["--data_dir", f"scenes={sources[0][1]}", "--data_dir", f"odd={sources[1][1]}", "--output_dir", out,
+            "--stored_size", str(SIZE), "--min_side", str(SIZE), "--runner=DirectRunner"]
     assert example_gen.main(argv) == 0
     printed = capsys.readouterr().out
     assert "adds up" in printed and "Validated" in printed and "0 anomalies" in printed
+    counters = dict(item.split("=") for item in printed.split("Beam counters: ")[1].splitlines()[0].split(", "))
+    for reason in set(expected.values()):
+        assert int(counters[f"rejected_{reason}"]) == list(expected.values()).count(reason), reason
     assert example_gen.main(argv) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert example_gen.main(argv + ["--overwrite", "--validation", "sample"]) == 0
