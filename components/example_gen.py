@@ -44,17 +44,20 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from schemas.artifacts import (
+    AB_HISTOGRAM_FILE,
+    DUPLICATES_FILE,
+    EXAMPLES_DIR,
+    REJECTED_FILE,
+    SCHEMA_FILE,
+    STATISTICS_FILE,
+)
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 SPLITS_DEFAULT = "train=80,eval=10,test=10"
 AB_BIN = 4  # width, in quantised a/b units, of the 2-D ab histogram's bins
 _NAMESPACE = "example_gen"
 
-EXAMPLES_DIR = "examples"
-SCHEMA_FILE = "schema/schema.pbtxt"
-STATISTICS_FILE = "statistics/statistics.json"
-AB_HISTOGRAM_FILE = "statistics/ab_histogram.png"
-REJECTED_FILE = "rejected.jsonl"
-DUPLICATES_FILE = "duplicates.jsonl"
 
 
 class IngestError(Exception):

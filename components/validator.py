@@ -20,7 +20,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
-ANOMALIES_FILE = "anomalies.json"
+from schemas.artifacts import ANOMALIES_FILE, EXAMPLES_DIR, STATISTICS_FILE
+
 MAX_EXAMPLES_PER_PROBLEM = 5
 
 
@@ -93,8 +94,6 @@ class _Tally(beam.CombineFn):
 def run_validation(output_dir: str, beam_args: list[str], *, sample_rate: float = 1.0,
                    stored_size: int | None = None) -> dict:
     """Check the records under output_dir/examples; write anomalies.json; raise ValidationError on anomalies."""
-    from components.example_gen import EXAMPLES_DIR, STATISTICS_FILE
-
     if not 0.0 < sample_rate <= 1.0:
         raise ValidationError(f"the sample rate must be in (0, 1], got {sample_rate}.")
     examples_dir = FileSystems.join(output_dir, EXAMPLES_DIR)

@@ -5,9 +5,27 @@ tf.data loader, the evaluator, the serving graph) uses these constants and
 functions; no other module knows the keys or the LAB quantisation.
 """
 
+from schemas.artifacts import (  # noqa: F401
+    AB_HISTOGRAM_FILE,
+    ANOMALIES_FILE,
+    DUPLICATES_FILE,
+    EXAMPLES_DIR,
+    REJECTED_FILE,
+    SCHEMA_FILE,
+    STATISTICS_FILE,
+)
 from schemas.examples import (  # noqa: F401
     AB_OFFSET,
+    COLORFULNESS_KEY,
+    EMBEDDING_KEY,
+    EMBEDDING_SIZE,
     FEATURES,
+    HEIGHT_KEY,
+    IMAGE_KEY,
+    PATH_KEY,
+    SHA256_KEY,
+    SOURCE_KEY,
+    WIDTH_KEY,
     L_MAX,
     L_SCALE,
     SCHEMA_VERSION,

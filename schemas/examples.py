@@ -28,6 +28,8 @@ SOURCE_KEY = "image/source"
 PATH_KEY = "image/path"
 SHA256_KEY = "image/sha256"
 COLORFULNESS_KEY = "image/colorfulness"
+EMBEDDING_KEY = "image/embedding"
+EMBEDDING_SIZE = 1000  # class probabilities of the frozen fusion backbone
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -42,6 +44,7 @@ class FeatureDef:
     encoding: str = ""
     min_value: float | None = None
     max_value: float | None = None
+    length: int = 1
 
 
 FEATURES: tuple[FeatureDef, ...] = (
@@ -64,7 +67,12 @@ FEATURES: tuple[FeatureDef, ...] = (
         max_value=469.0,  # spread term + 0.3 x mean term, each at most sqrt(2) * 255
     ),
 )
-_BY_NAME = {f.name: f for f in FEATURES}
+# Added to the records by the embedding precompute step, for training Model 2's head on stored vectors.
+EMBEDDING_FEATURE = FeatureDef(
+    EMBEDDING_KEY, "float", "Frozen backbone's class probabilities for the stored image",
+    min_value=0.0, max_value=1.0, length=EMBEDDING_SIZE,
+)
+_BY_NAME = {f.name: f for f in FEATURES + (EMBEDDING_FEATURE,)}
 
 
 # ---------------------------------------------------------------- quantisation
@@ -159,19 +167,22 @@ def make_example(
     return example
 
 
-def feature_spec() -> dict[str, Any]:
-    """The tf.io.parse_example spec of every feature."""
+def feature_spec(with_embedding: bool = False) -> dict[str, Any]:
+    """The tf.io.parse_example spec of every feature (plus the embedding when asked)."""
     import tensorflow as tf
 
     dtypes = {"bytes": tf.string, "int64": tf.int64, "float": tf.float32}
-    return {f.name: tf.io.FixedLenFeature([], dtypes[f.dtype]) for f in FEATURES}
+    features = FEATURES + ((EMBEDDING_FEATURE,) if with_embedding else ())
+    return {
+        f.name: tf.io.FixedLenFeature([] if f.length == 1 else [f.length], dtypes[f.dtype]) for f in features
+    }
 
 
-def parse_examples(serialized):
+def parse_examples(serialized, with_embedding: bool = False):
     """Batch of serialized Examples -> dict of tensors (tf.io.parse_example)."""
     import tensorflow as tf
 
-    return tf.io.parse_example(serialized, feature_spec())
+    return tf.io.parse_example(serialized, feature_spec(with_embedding))
 
 
 def decode_lab(lab_png):
@@ -181,16 +192,14 @@ def decode_lab(lab_png):
     return dequantize_lab(tf.io.decode_png(lab_png, channels=3, dtype=tf.uint8))
 
 
-def _single(feature, kind: str):
-    values = getattr(feature, kind).value
-    return values[0] if len(values) == 1 else None
-
-
-def check_example(serialized: bytes, *, stored_size: int | None = None, decode_image: bool = True) -> list[str]:
+def check_example(
+    serialized: bytes, *, stored_size: int | None = None, decode_image: bool = True, require_embedding: bool = False
+) -> list[str]:
     """Check one serialized record against the schema; returns the problems found.
 
-    Pure Python (protobuf and Pillow), so the validator runs on any Beam
-    worker without TensorFlow ops.
+    The embedding feature is optional unless `require_embedding`. Pure Python
+    (protobuf and Pillow), so the validator runs on any Beam worker without
+    TensorFlow ops.
     """
     from tensorflow.core.example import example_pb2
 
@@ -204,7 +213,10 @@ def check_example(serialized: bytes, *, stored_size: int | None = None, decode_i
         problems.append(f"unexpected feature '{extra}'")
     values: dict[str, Any] = {}
     kinds = {"bytes": "bytes_list", "int64": "int64_list", "float": "float_list"}
-    for spec in FEATURES:
+    if require_embedding and EMBEDDING_KEY not in features:
+        problems.append(f"missing feature '{EMBEDDING_KEY}' (run the embedding precompute step first)")
+    checked = FEATURES + ((EMBEDDING_FEATURE,) if EMBEDDING_KEY in features else ())
+    for spec in checked:
         if spec.name not in features:
             problems.append(f"missing feature '{spec.name}'")
             continue
@@ -213,15 +225,17 @@ def check_example(serialized: bytes, *, stored_size: int | None = None, decode_i
         if kind != kinds[spec.dtype]:
             problems.append(f"feature '{spec.name}' has type {kind}, expected {kinds[spec.dtype]}")
             continue
-        value = _single(feature, kind)
-        if value is None:
-            problems.append(f"feature '{spec.name}' must hold exactly one value")
+        held = getattr(feature, kind).value
+        if len(held) != spec.length:
+            count = "one value" if spec.length == 1 else f"{spec.length} values"
+            problems.append(f"feature '{spec.name}' must hold exactly {count}, holds {len(held)}")
             continue
-        if spec.min_value is not None and value < spec.min_value:
-            problems.append(f"feature '{spec.name}' = {value} is below {spec.min_value}")
-        if spec.max_value is not None and value > spec.max_value:
-            problems.append(f"feature '{spec.name}' = {value} is above {spec.max_value}")
-        values[spec.name] = value
+        low, high = (min(held), max(held)) if spec.dtype != "bytes" else (None, None)
+        if spec.min_value is not None and low < spec.min_value:
+            problems.append(f"feature '{spec.name}' = {low} is below {spec.min_value}")
+        if spec.max_value is not None and high > spec.max_value:
+            problems.append(f"feature '{spec.name}' = {high} is above {spec.max_value}")
+        values[spec.name] = held[0]
     if problems:
         return problems
     for key in (SOURCE_KEY, PATH_KEY):

@@ -135,6 +135,22 @@ def test_check_example_accepts_a_good_record_and_names_each_problem():
     assert "exactly one value" in " ".join(check_example(example.SerializeToString()))
 
 
+def test_the_optional_embedding_is_checked_when_present_or_required():
+    from schemas import EMBEDDING_KEY, EMBEDDING_SIZE
+
+    plain = _example().SerializeToString()
+    assert check_example(plain) == []
+    assert "run the embedding precompute step" in " ".join(check_example(plain, require_embedding=True))
+    example = _example()
+    example.features.feature[EMBEDDING_KEY].float_list.value.extend([1.0 / EMBEDDING_SIZE] * EMBEDDING_SIZE)
+    assert check_example(example.SerializeToString(), require_embedding=True) == []
+    example.features.feature[EMBEDDING_KEY].float_list.value.append(0.5)
+    assert f"exactly {EMBEDDING_SIZE} values" in " ".join(check_example(example.SerializeToString()))
+    example = _example()
+    example.features.feature[EMBEDDING_KEY].float_list.value.extend([2.0] * EMBEDDING_SIZE)
+    assert "is above 1.0" in " ".join(check_example(example.SerializeToString()))
+
+
 def test_records_parse_with_the_feature_spec():
     import tensorflow as tf
 

@@ -1,0 +1,275 @@
+"""The report's two colorization autoencoders: L (0..100) in, ab/128 (tanh) out.
+
+Model 1 is a plain convolutional autoencoder. Model 2 fuses a frozen
+ImageNet classifier's 1000 class probabilities into the bottleneck; unlike
+the report's two-input version, its 299x299x3 backbone input is derived
+inside the graph from the single L input, so both models take only "l" and
+export to one SavedModel that runs end to end.
+
+Because the backbone is frozen, `build_model2_parts` also splits Model 2
+into a `backbone` (L -> embedding) and a `head` ({"l", "embedding"} -> ab)
+that shares every trainable layer with the end-to-end model: training the
+head on precomputed embeddings trains the end-to-end model.
+
+Backbone weights never download: "imagenet" is read from the Keras cache
+(`$KERAS_HOME/models/` or `~/.keras/models/`) or refused with
+`MissingWeightsError`; a local .h5 path is loaded as given.
+
+    from components import models
+    model = models.compile_model(models.build_model("model1", 224), loss="mse")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import numbers
+import os
+from typing import Callable, NamedTuple
+
+import keras
+from schemas import EMBEDDING_SIZE
+
+FAMILIES = ("model1", "model2")
+BACKBONES = ("inception_resnet_v2", "mobilenet_v2")
+LOSSES = ("mse", "huber")
+HUBER_DELTA = 0.1
+"""In ab/128 units (about 13 ab): Keras's default 1.0 exceeds almost every error on ab/128, making it plain MSE/2."""
+
+_MODEL1_ENCODER = ((64, 3, 1), (128, 3, 2), (256, 3, 1), (256, 3, 2), (256, 3, 1), (256, 3, 2), (256, 4, 1),
+                   (256, 3, 1), (256, 3, 1))
+_MODEL2_ENCODER = ((64, 3, 2), (128, 3, 1), (128, 3, 2), (256, 3, 1), (256, 3, 2), (512, 3, 1), (512, 3, 1),
+                   (256, 3, 1))
+"""(filters, kernel, stride) of each encoder convolution, as the report lists them."""
+
+_log = logging.getLogger(__name__)
+
+
+class MissingWeightsError(Exception):
+    """Backbone weights were asked for but are not on this machine; the message says how to get them."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Backbone:
+    """A Keras application used as Model 2's frozen classifier, and where its ImageNet weights live."""
+
+    size: int
+    application: Callable[..., keras.Model]
+    weights_file: str
+    weights_url: str
+
+
+_BACKBONES = {
+    "inception_resnet_v2": _Backbone(
+        size=299,
+        application=keras.applications.InceptionResNetV2,
+        weights_file="inception_resnet_v2_weights_tf_dim_ordering_tf_kernels.h5",
+        weights_url="https://storage.googleapis.com/tensorflow/keras-applications/inception_resnet_v2/",
+    ),
+    "mobilenet_v2": _Backbone(
+        size=224,
+        application=keras.applications.MobileNetV2,
+        weights_file="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5",
+        weights_url="https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/",
+    ),
+}
+
+
+class Model2Parts(NamedTuple):
+    """Model 2 three ways; `head` holds all trainable layers, shared with `end_to_end`."""
+
+    end_to_end: keras.Model
+    backbone: keras.Model
+    head: keras.Model
+
+
+def _check_size_and_width(image_size: int, width: float) -> None:
+    integer = isinstance(image_size, numbers.Integral) and not isinstance(image_size, bool)
+    if not integer or image_size <= 0 or image_size % 8:
+        raise ValueError(
+            f"image_size must be a positive multiple of 8 (the models downsample by 8), got {image_size!r}."
+        )
+    if isinstance(width, bool) or not isinstance(width, numbers.Real) or not math.isfinite(width) or width <= 0:
+        raise ValueError(f"width must be a positive number (1.0 is the report's model), got {width!r}.")
+
+
+def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"Unknown {what} {value!r}; choose one of {', '.join(choices)}.")
+
+
+def _conv(filters: int, width: float, name: str, kernel: int = 3, strides: int = 1) -> keras.layers.Conv2D:
+    """A 'same'-padded relu convolution with `filters` scaled by `width`."""
+    scaled = max(1, int(round(filters * width)))
+    return keras.layers.Conv2D(scaled, kernel, strides=strides, padding="same", activation="relu", name=name)
+
+
+def _ab_output(x):
+    """Conv2 tanh then the last Up2x, both float32 so mixed-precision models still emit float32 ab."""
+    x = keras.layers.Conv2D(2, 3, padding="same", activation="tanh", dtype="float32", name="ab_conv")(x)
+    return keras.layers.UpSampling2D(2, dtype="float32", name="ab")(x)
+
+
+def _l_input(image_size: int) -> keras.KerasTensor:
+    return keras.Input(shape=(int(image_size), int(image_size), 1), name="l", dtype="float32")
+
+
+def build_model1(image_size: int = 224, width: float = 1.0) -> keras.Model:
+    """The report's Model 1 (4,756,770 trainable parameters at width 1.0)."""
+    _check_size_and_width(image_size, width)
+    l = _l_input(image_size)
+    x = l
+    for i, (filters, kernel, strides) in enumerate(_MODEL1_ENCODER, start=1):
+        x = _conv(filters, width, f"encoder_conv{i}", kernel, strides)(x)
+    x = _conv(128, width, "decoder_conv1")(x)
+    x = keras.layers.UpSampling2D(2, name="decoder_up1")(x)
+    x = _conv(64, width, "decoder_conv2")(x)
+    x = keras.layers.UpSampling2D(2, name="decoder_up2")(x)
+    x = _conv(32, width, "decoder_conv3")(x)
+    return keras.Model(l, _ab_output(x), name="model1")
+
+
+def _weights_dir() -> str:
+    """The Keras cache's models/ folder, resolved as Keras does but reading $KERAS_HOME now, not at import."""
+    if "KERAS_HOME" in os.environ:
+        home = os.environ["KERAS_HOME"]
+    else:
+        base = os.path.expanduser("~")
+        home = os.path.join(base if os.access(base, os.W_OK) else "/tmp", ".keras")
+    return os.path.join(os.path.expanduser(home), "models")
+
+
+def _backbone_weights_path(backbone: str, weights: str | os.PathLike) -> str:
+    """The local file to load for `weights` ("imagenet" or a path); raises rather than download."""
+    spec = _BACKBONES[backbone]
+    weights = os.fspath(weights)
+    if weights == "imagenet":
+        folder = _weights_dir()
+        path = os.path.join(folder, spec.weights_file)
+        if not os.path.isfile(path):
+            raise MissingWeightsError(
+                f"ImageNet weights for {backbone} are not in the Keras cache ({path} is missing): download "
+                f"{spec.weights_url}{spec.weights_file} into {folder}/ on a machine with network access, "
+                f"or pass --backbone_weights PATH to a local copy."
+            )
+        return path
+    if not weights.endswith((".h5", ".hdf5")):
+        raise ValueError(f"Backbone weights must be None, 'imagenet' or a .h5/.weights.h5 file, got {weights!r}.")
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(
+            f"Backbone weights file {weights} does not exist; pass the path of a local {spec.weights_file} "
+            f"(or a .weights.h5 saved from the {backbone} classifier)."
+        )
+    return weights
+
+
+def _frozen_classifier(backbone: str, weights: str | None) -> keras.Model:
+    """The Keras application with its 1000-class top, weights loaded from disk only, frozen."""
+    spec = _BACKBONES[backbone]
+    path = None if weights is None else _backbone_weights_path(backbone, weights)
+    net = spec.application(
+        include_top=True, weights=None, input_shape=(spec.size, spec.size, 3), classes=EMBEDDING_SIZE
+    )
+    if path is not None:
+        try:
+            net.load_weights(path)
+        except (ValueError, KeyError, OSError) as e:
+            raise ValueError(f"Backbone weights file {path} does not fit the {backbone} classifier: {e}") from e
+    net.trainable = False
+    return net
+
+
+def _build_backbone(image_size: int, backbone: str, weights: str | None) -> keras.Model:
+    """L [S, S, 1] -> the frozen classifier's 1000 probabilities, preprocessed in the graph.
+
+    Gray RGB through the applications' "tf" preprocess_input is L/100 in [0, 1]
+    mapped to [-1, 1], repeated to three channels.
+    """
+    spec = _BACKBONES[backbone]
+    l = _l_input(image_size)
+    x = keras.layers.Resizing(spec.size, spec.size, name="backbone_resize")(l)
+    x = keras.layers.Rescaling(2.0 / 100.0, offset=-1.0, name="backbone_scale")(x)
+    x = keras.layers.Concatenate(name="backbone_gray_rgb")([x, x, x])
+    embedding = _frozen_classifier(backbone, weights)(x)
+    return keras.Model(l, embedding, name="model2_backbone")
+
+
+def _build_head(image_size: int, width: float) -> keras.Model:
+    """{"l": L, "embedding": 1000 probabilities} -> ab/128: every trainable layer of Model 2."""
+    l = _l_input(image_size)
+    embedding = keras.Input(shape=(EMBEDDING_SIZE,), name="embedding", dtype="float32")
+    x = l
+    for i, (filters, kernel, strides) in enumerate(_MODEL2_ENCODER, start=1):
+        x = _conv(filters, width, f"encoder_conv{i}", kernel, strides)(x)
+    cells = int(image_size) // 8
+    fused = keras.layers.RepeatVector(cells * cells, name="fusion_repeat")(embedding)
+    fused = keras.layers.Reshape((cells, cells, EMBEDDING_SIZE), name="fusion_reshape")(fused)
+    x = keras.layers.Concatenate(name="fusion_concat")([x, fused])
+    x = _conv(256, width, "fusion_conv", kernel=1)(x)
+    x = _conv(256, width, "decoder_conv1")(x)
+    x = keras.layers.UpSampling2D(2, name="decoder_up1")(x)
+    x = _conv(128, width, "decoder_conv2")(x)
+    x = keras.layers.UpSampling2D(2, name="decoder_up2")(x)
+    x = _conv(32, width, "decoder_conv3")(x)
+    x = _conv(16, width, "decoder_conv4")(x)
+    return keras.Model({"l": l, "embedding": embedding}, _ab_output(x), name="model2_head")
+
+
+def build_model2_parts(
+    image_size: int = 224, width: float = 1.0, backbone: str = "inception_resnet_v2", weights: str | None = None
+) -> Model2Parts:
+    """The report's Model 2 (7,075,922 trainable parameters at 224) and its backbone/head split.
+
+    `weights`: None (random backbone: not the report's model, a warning is
+    logged), "imagenet" (from the Keras cache only) or a local .h5 path.
+    """
+    _check_size_and_width(image_size, width)
+    _check_choice("backbone", backbone, BACKBONES)
+    if weights is None:
+        _log.warning(
+            "Model 2 is built with a randomly initialised %s: its embeddings carry no ImageNet meaning, "
+            "so this is not the report's Model 2.", backbone,
+        )
+    backbone_model = _build_backbone(image_size, backbone, weights)
+    head = _build_head(image_size, width)
+    l = _l_input(image_size)
+    ab = head({"l": l, "embedding": backbone_model(l)})
+    return Model2Parts(keras.Model(l, ab, name="model2"), backbone_model, head)
+
+
+def build_model2(
+    image_size: int = 224, width: float = 1.0, backbone: str = "inception_resnet_v2", weights: str | None = None
+) -> keras.Model:
+    """Model 2 end to end: L in, ab/128 out, the backbone input derived in the graph."""
+    return build_model2_parts(image_size, width, backbone, weights).end_to_end
+
+
+def build_model(
+    family: str, image_size: int, *, width: float = 1.0, backbone: str = "inception_resnet_v2",
+    weights: str | None = None,
+) -> keras.Model:
+    """One entry point for the trainer and tuner; `backbone` and `weights` only matter to model2."""
+    _check_choice("model family", family, FAMILIES)
+    if family == "model1":
+        return build_model1(image_size, width)
+    return build_model2(image_size, width, backbone, weights)
+
+
+def compile_model(model: keras.Model, *, learning_rate: float = 1e-3, loss: str = "mse") -> keras.Model:
+    """Adam with MSE (the report's) or Huber on ab/128; mean absolute error is reported alongside."""
+    _check_choice("loss", loss, LOSSES)
+    if not learning_rate > 0:
+        raise ValueError(f"learning_rate must be positive, got {learning_rate!r}.")
+    loss_fn = keras.losses.MeanSquaredError() if loss == "mse" else keras.losses.Huber(delta=HUBER_DELTA)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss=loss_fn,
+        metrics=[keras.metrics.MeanAbsoluteError(name="mae")],
+    )
+    return model
+
+
+def trainable_parameters(model: keras.Model) -> int:
+    """The count the report quotes: trainable weights only (a frozen backbone adds 0)."""
+    return int(sum(math.prod(w.shape) for w in model.trainable_weights))

@@ -1,0 +1,181 @@
+"""The report's two autoencoders: parameter counts, the L -> ab contract, variants, backbone weights, saving."""
+
+from __future__ import annotations
+
+import socket
+
+import keras
+import numpy as np
+import pytest
+
+from components import models
+
+
+def _l(size: int, batch: int = 2, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0.0, 100.0, (batch, size, size, 1)).astype(np.float32)
+
+
+def _classifier(backbone_model: keras.Model) -> keras.Model:
+    return next(layer for layer in backbone_model.layers if isinstance(layer, keras.Model))
+
+
+@pytest.fixture(scope="module")
+def report_model2() -> models.Model2Parts:
+    """The report's Model 2 at 224 with a random InceptionResNetV2: heavy, so built once."""
+    return models.build_model2_parts(224)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a connection fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the code under test tried to use the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.fixture
+def mixed_bfloat16():
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def test_report_parameter_counts(report_model2):
+    assert models.trainable_parameters(models.build_model1(224)) == 4_756_770
+    assert models.trainable_parameters(report_model2.end_to_end) == 7_075_922
+    assert models.trainable_parameters(report_model2.head) == 7_075_922
+    assert models.trainable_parameters(report_model2.backbone) == 0
+    assert report_model2.backbone.non_trainable_weights
+
+
+def _small_model(family: str, size: int) -> keras.Model:
+    return models.build_model(family, size, backbone="mobilenet_v2")
+
+
+@pytest.mark.parametrize("family", models.FAMILIES)
+@pytest.mark.parametrize("size", [64, 96])
+def test_l_in_ab_out(family, size):
+    model = _small_model(family, size)
+    assert [t.name for t in model.inputs] == ["l"]
+    ab = keras.ops.convert_to_numpy(model(_l(size)))
+    assert ab.shape == (2, size, size, 2) and ab.dtype == np.float32
+    assert np.all(np.abs(ab) <= 1.0)
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: models.build_model1(100), "multiple of 8"),
+        (lambda: models.build_model2_parts(100, backbone="mobilenet_v2"), "multiple of 8"),
+        (lambda: models.build_model1(64, width=0), "width must be a positive"),
+        (lambda: models.build_model("model3", 64), "Unknown model family 'model3'"),
+        (lambda: models.build_model2(64, backbone="resnet50"), "Unknown backbone 'resnet50'"),
+        (lambda: models.compile_model(models.build_model1(64, width=0.1), loss="mae"), "Unknown loss 'mae'"),
+    ],
+)
+def test_bad_arguments_refused_with_a_sentence(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_half_width_about_quarters_model1():
+    full = models.trainable_parameters(models.build_model1(64))
+    half = models.trainable_parameters(models.build_model1(64, width=0.5))
+    assert 0.2 < half / full < 0.3
+
+
+@pytest.mark.parametrize("loss", models.LOSSES)
+def test_compiled_loss_is_the_one_asked_for(loss):
+    model = models.compile_model(models.build_model1(64, width=0.25), loss=loss)
+    model.run_eagerly = True
+    target = np.random.default_rng(1).uniform(-0.5, 0.5, (2, 64, 64, 2)).astype(np.float32)
+    error = np.abs(keras.ops.convert_to_numpy(model(_l(64))) - target)
+    delta = models.HUBER_DELTA
+    huber = np.where(error <= delta, 0.5 * error**2, delta * (error - 0.5 * delta))
+    expected = np.mean(error**2) if loss == "mse" else np.mean(huber)
+    reported = model.train_on_batch(_l(64), target, return_dict=True)["loss"]
+    np.testing.assert_allclose(reported, expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backbone", models.BACKBONES)
+def test_missing_imagenet_weights_are_not_downloaded(backbone, monkeypatch, tmp_path, no_network):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    with pytest.raises(models.MissingWeightsError, match=rf"{tmp_path}/models.*--backbone_weights"):
+        models.build_model2_parts(64, backbone=backbone, weights="imagenet")
+
+
+def test_imagenet_weights_come_from_the_keras_cache(monkeypatch, tmp_path, no_network):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    cached = keras.applications.MobileNetV2(weights=None)
+    (tmp_path / "models").mkdir()
+    cached.save(str(tmp_path / "models" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5"))
+    parts = models.build_model2_parts(64, backbone="mobilenet_v2", weights="imagenet")
+    for loaded, expected in zip(_classifier(parts.backbone).get_weights(), cached.get_weights()):
+        np.testing.assert_array_equal(loaded, expected)
+
+
+def test_local_weights_file(tmp_path):
+    saved = keras.applications.MobileNetV2(weights=None)
+    path = str(tmp_path / "mobilenet.weights.h5")
+    saved.save_weights(path)
+    parts = models.build_model2_parts(64, backbone="mobilenet_v2", weights=path)
+    for loaded, expected in zip(_classifier(parts.backbone).get_weights(), saved.get_weights()):
+        np.testing.assert_array_equal(loaded, expected)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        models.build_model2_parts(64, backbone="mobilenet_v2", weights=str(tmp_path / "absent.h5"))
+
+
+def test_report_model2_runs_end_to_end_from_l_alone(report_model2):
+    ab = keras.ops.convert_to_numpy(report_model2.end_to_end(_l(224, batch=1)))
+    assert ab.shape == (1, 224, 224, 2) and np.all(np.abs(ab) <= 1.0)
+
+
+def test_head_on_stored_embeddings_trains_the_end_to_end_model():
+    end_to_end, backbone, head = models.build_model2_parts(64, backbone="mobilenet_v2")
+    l = _l(64)
+    embedding = keras.ops.convert_to_numpy(backbone(l))
+    assert embedding.shape == (2, models.EMBEDDING_SIZE)
+    np.testing.assert_allclose(embedding.sum(axis=1), 1.0, rtol=1e-4)
+    before = keras.ops.convert_to_numpy(end_to_end(l))
+    np.testing.assert_allclose(before, keras.ops.convert_to_numpy(head({"l": l, "embedding": embedding})), atol=1e-6)
+
+    models.compile_model(head, learning_rate=1e-2)
+    head.run_eagerly = True
+    target = np.random.default_rng(2).uniform(-0.5, 0.5, (2, 64, 64, 2)).astype(np.float32)
+    head.train_on_batch({"l": l, "embedding": embedding}, target)
+
+    after = keras.ops.convert_to_numpy(end_to_end(l))
+    assert np.abs(after - before).max() > 1e-4
+    np.testing.assert_allclose(after, keras.ops.convert_to_numpy(head({"l": l, "embedding": embedding})), atol=1e-6)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(backbone(l)), embedding)
+
+
+@pytest.mark.parametrize("family", models.FAMILIES)
+def test_keras_file_round_trip(family, tmp_path):
+    model = _small_model(family, 64)
+    path = str(tmp_path / f"{family}.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    l = _l(64)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(l)), keras.ops.convert_to_numpy(model(l)))
+
+
+@pytest.mark.parametrize("family", models.FAMILIES)
+def test_mixed_precision_model_outputs_float32(family, mixed_bfloat16):
+    model = _small_model(family, 64)
+    convs = model if family == "model1" else model.get_layer("model2_head")
+    assert convs.get_layer("encoder_conv1").compute_dtype == "bfloat16"
+    ab = keras.ops.convert_to_numpy(model(_l(64)))
+    assert ab.dtype == np.float32 and ab.shape == (2, 64, 64, 2)
+
+
+def test_mixed_precision_model_trains(mixed_bfloat16):
+    model = models.compile_model(models.build_model1(64, width=0.25))
+    target = np.zeros((2, 64, 64, 2), np.float32)
+    assert np.isfinite(model.train_on_batch(_l(64), target, return_dict=True)["loss"])
