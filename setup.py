@@ -22,6 +22,7 @@ setup(
         "tensorflow-serving-api>=2.16.1,<2.17",
         "keras>=3.0,<4",
         "keras-tuner>=1.4.7,<1.5",
+        "scikit-learn>=1.5",  # keras-tuner's BayesianOptimization
         "apache-beam>=2.61.0,<2.62",
         # protobuf 4 (TensorFlow 2.16): tensorflow-metadata 1.16 is the last line built on it.
         "tensorflow-metadata>=1.16.1,<1.17",

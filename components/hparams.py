@@ -38,8 +38,8 @@ def define_search_space(hp, fixed: dict[str, Any] | None = None) -> dict[str, An
     """Register SEARCH_SPACE on a keras_tuner HyperParameters; returns the sampled values.
 
     Names in `fixed` are pinned with hp.Fixed (e.g. family=model1 when the
-    user chose the model). The backbone only matters for model2, so it is
-    conditional on the family.
+    user chose the model). The backbone only matters for model2, so it is a
+    conditional hyperparameter: model1 trials do not search it.
     """
     fixed = fixed or {}
     values: dict[str, Any] = {}
@@ -55,10 +55,9 @@ def define_search_space(hp, fixed: dict[str, Any] | None = None) -> dict[str, An
             low, high, sampling = spec
             values[name] = hp.Float(name, low, high, sampling=sampling)
     if "backbone" not in values:
-        if values["family"] == "model2":
-            values["backbone"] = hp.Choice("backbone", list(SEARCH_SPACE["backbone"][1]))
-        else:
-            values["backbone"] = DEFAULTS["backbone"]
+        with hp.conditional_scope("family", ["model2"]):
+            backbone = hp.Choice("backbone", list(SEARCH_SPACE["backbone"][1]))
+        values["backbone"] = backbone if values["family"] == "model2" else DEFAULTS["backbone"]
     return values
 
 
