@@ -15,11 +15,17 @@ As a cross-check it also reports `resource.getrusage(RUSAGE_CHILDREN)`'s
 own high-water mark, so it catches spikes shorter than the sampling period),
 and the CPU seconds (user + system) the waited-for descendants used.
 
-Linux only (/proc). Also: `median`, and `print_table` for aligned plain-text tables.
+Linux only (/proc). Also: `median`, `print_table` for aligned plain-text tables, and
+the plumbing of benchmarks that run their measured work as child processes of
+themselves: `child_env` (the environment a child needs to import this
+repository), `emit_result` (the child prints one JSON line) and
+`parse_result` / `failure_reason` (the parent reads it back, or says why the
+run failed).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import subprocess
@@ -30,6 +36,7 @@ from typing import Iterable, Sequence
 
 SAMPLE_PERIOD_S = 0.05
 TAIL_CHARS = 4000
+RESULT_PREFIX = "BENCHMARK_RESULT "  # a child's one line of JSON results starts with this
 
 
 @dataclass
@@ -233,3 +240,43 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[object]], file=N
     print("  ".join("-" * w for w in widths), file=file)
     for row in cells[1:]:
         print(line(row), file=file)
+
+
+# ---------------------------------------------------------------- child-process plumbing
+
+
+def child_env(repo_root: str | os.PathLike) -> dict:
+    """This process's environment, with `repo_root` first on PYTHONPATH and TensorFlow's info logs off."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (os.fspath(repo_root), env.get("PYTHONPATH", "")) if p)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # less log noise; no effect on the work
+    return env
+
+
+def emit_result(result: dict) -> None:
+    """In a child: print `result` as the one JSON line `parse_result` looks for."""
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def parse_result(m: Measurement) -> dict | None:
+    """The last result line a child printed with `emit_result`, or None."""
+    for line in reversed(m.stdout_tail.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            try:
+                return json.loads(line[len(RESULT_PREFIX) :])
+            except ValueError:
+                return None
+    return None
+
+
+def failure_reason(m: Measurement, result: dict | None = None) -> str | None:
+    """None when the run succeeded (exit status 0, no timeout, no MemoryError), else a short reason."""
+    if m.timed_out:
+        return "timed out"
+    if "MemoryError" in m.stdout_tail or (result or {}).get("error") == "MemoryError":
+        return "MemoryError"
+    if m.returncode < 0:
+        return f"killed by signal {-m.returncode}" + (" (OOM killer?)" if m.returncode == -9 else "")
+    if m.returncode != 0:
+        return f"exit status {m.returncode}"
+    return None

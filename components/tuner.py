@@ -9,7 +9,7 @@ OUT/tuner/: re-running the same command resumes, reusing finished trials
 and re-running one that was interrupted.
 
 Local, on example_gen's output (--algorithm hyperband uses --epochs as its
-max_epochs; --algorithm bayesian needs scikit-learn):
+max_epochs):
 
     python -m components.tuner --examples /tmp/ingest --output_dir /tmp/tune \\
         --algorithm random --max_trials 20 --epochs 5 --steps_per_epoch 100 --image_size 224
