@@ -60,7 +60,15 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.measure import Measurement, median, print_table, run_measured
+from benchmarks.measure import (
+    child_env,
+    emit_result,
+    failure_reason,
+    median,
+    parse_result,
+    print_table,
+    run_measured,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("raw", "pipeline", "report")
@@ -70,7 +78,6 @@ REPORT_RESIZE = 270  # the report resized the shorter side to about 270 ...
 REPORT_CROP = 224  # ... then centre-cropped 224x224
 REPORT_MIN_SIDE = 250  # and dropped images with a side under 250
 WARMUP_IMAGES = 50
-RESULT_PREFIX = "BENCHMARK_RESULT "
 DATA_MARKER = ".benchmark_data.json"
 MIB = 1024 * 1024
 
@@ -172,9 +179,9 @@ def _child_main(args: argparse.Namespace) -> int:
         try:
             result = child_report(args.data)
         except MemoryError:
-            print(RESULT_PREFIX + json.dumps({"error": "MemoryError"}), flush=True)
+            emit_result({"error": "MemoryError"})
             return 3
-    print(RESULT_PREFIX + json.dumps(result), flush=True)
+    emit_result(result)
     return 0
 
 
@@ -215,37 +222,6 @@ def _warm_page_cache(data_dir: str) -> int:
     return total
 
 
-def _child_env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # less log noise; no effect on the work
-    return env
-
-
-def _parse_result(m: Measurement) -> dict | None:
-    for line in reversed(m.stdout_tail.splitlines()):
-        if line.startswith(RESULT_PREFIX):
-            try:
-                return json.loads(line[len(RESULT_PREFIX) :])
-            except ValueError:
-                return None
-    return None
-
-
-def _failure(m: Measurement, result: dict | None) -> str | None:
-    """None when the run succeeded, else a short reason."""
-    if m.timed_out:
-        return "timed out"
-    if "MemoryError" in m.stdout_tail or (result or {}).get("error") == "MemoryError":
-        return "MemoryError"
-    if m.returncode < 0:
-        return f"killed by signal {-m.returncode}" + (" (OOM killer?)" if m.returncode == -9 else "")
-    if m.returncode != 0:
-        return f"exit status {m.returncode}"
-    return None
-
-
-
 def run_method(method: str, data_dir: str, num_images: int, workdir: Path, workers: int, tag: str,
                timeout: float | None) -> dict:
     """Run one method once as a measured subprocess; return a JSON-able record."""
@@ -264,8 +240,8 @@ def run_method(method: str, data_dir: str, num_images: int, workdir: Path, worke
                "--direct_running_mode=multi_processing", "--validation", "none"]
     else:
         raise ValueError(method)
-    m = run_measured(cmd, cwd=str(REPO_ROOT), env=_child_env(), timeout=timeout)
-    result = _parse_result(m)
+    m = run_measured(cmd, cwd=str(REPO_ROOT), env=child_env(REPO_ROOT), timeout=timeout)
+    result = parse_result(m)
     if method == "pipeline" and out_dir is not None:
         try:
             stats = json.loads((out_dir / "statistics" / "statistics.json").read_text())
@@ -273,7 +249,7 @@ def run_method(method: str, data_dir: str, num_images: int, workdir: Path, worke
         except (OSError, ValueError, KeyError):
             result = None
         shutil.rmtree(out_dir, ignore_errors=True)
-    failure = _failure(m, result)
+    failure = failure_reason(m, result)
     record = {
         "method": method,
         "images": num_images,
@@ -363,7 +339,7 @@ def print_results(summary: dict, sizes: list[int], workers: int) -> None:
 def headline(summary: dict, growth: dict, sizes: list[int], workers: int, cores: int) -> str:
     large = str(max(sizes))
     s = summary[large]
-    pipe, raw, rep = s["pipeline"], s["raw"], s["report"]
+    pipe, rep = s["pipeline"], s["report"]
     if pipe["images_per_s"] is None:
         speed = f"pipeline FAILED at {large} images ({'; '.join(pipe['failures'])})"
     else:

@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 import schemas
-from schemas import EMBEDDING_KEY, EMBEDDING_SIZE, EXAMPLES_DIR, HEIGHT_KEY, IMAGE_KEY, STATISTICS_FILE, WIDTH_KEY  # noqa: F401
+from schemas import EMBEDDING_KEY, EXAMPLES_DIR, HEIGHT_KEY, IMAGE_KEY, STATISTICS_FILE, WIDTH_KEY
 
 AB_SCALE = 128.0
 """The report's target: a and b divided by this, so a tanh output covers them."""

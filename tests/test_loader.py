@@ -11,7 +11,7 @@ import tensorflow as tf
 from tensorflow.core.example import example_pb2
 
 import schemas
-from components import example_gen, loader
+from components import loader
 from components.loader import LoaderError
 from schemas import HEIGHT_KEY, IMAGE_KEY
 from tests.conftest import SIZE, read_records
@@ -194,8 +194,8 @@ def test_with_embedding_yields_the_heads_inputs(examples_dir, tmp_path):
     records, embeddings = [], []
     for i, record in enumerate(read_records(examples_dir, "eval")[:5]):
         example = example_pb2.Example.FromString(record)
-        embedding = np.random.default_rng(i).random(loader.EMBEDDING_SIZE, dtype=np.float32)
-        example.features.feature[loader.EMBEDDING_KEY].float_list.value.extend(embedding)
+        embedding = np.random.default_rng(i).random(schemas.EMBEDDING_SIZE, dtype=np.float32)
+        example.features.feature[schemas.EMBEDDING_KEY].float_list.value.extend(embedding)
         records.append(example.SerializeToString())
         embeddings.append(embedding)
     path = _write(tmp_path / "embedded.tfrecord.gz", records)
@@ -208,7 +208,7 @@ def test_with_embedding_yields_the_heads_inputs(examples_dir, tmp_path):
     l, _ = next(iter(loader.make_dataset(path, "eval", image_size=CROP, batch_size=5, training=False)))
     np.testing.assert_array_equal(l, inputs["l"])
 
-    with pytest.raises(LoaderError, match=f"missing feature '{loader.EMBEDDING_KEY}'"):
+    with pytest.raises(LoaderError, match=f"missing feature '{schemas.EMBEDDING_KEY}'"):
         loader.make_dataset(examples_dir, "eval", image_size=CROP, batch_size=5, training=False, with_embedding=True)
 
 
