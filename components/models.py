@@ -140,7 +140,7 @@ def _weights_dir() -> str:
     return os.path.join(os.path.expanduser(home), "models")
 
 
-def _backbone_weights_path(backbone: str, weights: str | os.PathLike) -> str:
+def backbone_weights_path(backbone: str, weights: str | os.PathLike) -> str:
     """The local file to load for `weights` ("imagenet" or a path); raises rather than download."""
     spec = _BACKBONES[backbone]
     weights = os.fspath(weights)
@@ -167,7 +167,7 @@ def _backbone_weights_path(backbone: str, weights: str | os.PathLike) -> str:
 def _frozen_classifier(backbone: str, weights: str | None) -> keras.Model:
     """The Keras application with its 1000-class top, weights loaded from disk only, frozen."""
     spec = _BACKBONES[backbone]
-    path = None if weights is None else _backbone_weights_path(backbone, weights)
+    path = None if weights is None else backbone_weights_path(backbone, weights)
     net = spec.application(
         include_top=True, weights=None, input_shape=(spec.size, spec.size, 3), classes=EMBEDDING_SIZE
     )

@@ -170,7 +170,7 @@ def backbone_weights(config: TuneConfig) -> dict[str, str | None]:
             resolved[backbone] = None
             continue
         try:
-            models._backbone_weights_path(backbone, choice)
+            models.backbone_weights_path(backbone, choice)
             resolved[backbone] = choice
         except models.MissingWeightsError:
             if not config.allow_random_backbone:
