@@ -67,7 +67,9 @@ from benchmarks.measure import (
     median,
     parse_result,
     print_table,
+    machine_info,
     run_measured,
+    usable_cores,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -380,10 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count() or 1
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = cores
+    usable = usable_cores()
 
     data = {n: ensure_data(workdir, n) for n in sizes}
     for n in sizes:
@@ -452,8 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.ingest_benchmark", "--sizes",
                              *map(str, sizes), "--repeats", str(args.repeats), "--workdir", str(workdir),
                              "--workers", str(args.workers)]),
-        "machine": {"cpu_count": cores, "usable_cores": usable, "arch": platform.machine(),
-                    "python": platform.python_version(), "platform": platform.platform()},
+        "machine": machine_info(),
         "config": {"sizes": sizes, "repeats": args.repeats, "workers": args.workers, "seed": SEED,
                    "image_side": IMAGE_SIDE, "png_fraction": 0.0, "report_lab_dtype": "float32",
                    "throughput": "images / whole subprocess wall time, start-up included",

@@ -280,3 +280,20 @@ def failure_reason(m: Measurement, result: dict | None = None) -> str | None:
     if m.returncode != 0:
         return f"exit status {m.returncode}"
     return None
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity), else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def machine_info(**extra) -> dict:
+    """What a benchmark's JSON records about the machine it ran on."""
+    import platform
+
+    return {"cpu_count": os.cpu_count(), "usable_cores": usable_cores(), "arch": platform.machine(),
+            "python": platform.python_version(), "platform": platform.platform(), **extra}
+

@@ -95,10 +95,12 @@ from benchmarks.measure import (
     child_env,
     emit_result,
     failure_reason,
+    machine_info,
     median,
     parse_result,
     print_table,
     run_measured,
+    usable_cores,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +111,6 @@ EXAMPLES_MARKER = ".benchmark_examples.json"
 LOADER_WARMUP_BATCHES = 20
 SECTIONS = (1, 2, 3, 4, 5)
 BACKBONES = ("mobilenet_v2", "inception_resnet_v2")
-BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 MIB = 1024 * 1024
 
 DEFAULTS = dict(images=500, scale=10, image_size=224, batch_size=16, steps=5, loop_steps=3, warmup=2,
@@ -312,26 +313,6 @@ class Group:
 
     name: str
     methods: list[Method] = field(default_factory=list)
-
-
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def _cpu_flags() -> set[str]:
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "flags":
-                    flags.update(value.split())
-    except OSError:
-        pass
-    return flags
 
 
 def _run_child(child_args: list[str], timeout: float) -> tuple[dict | None, str | None, dict]:
@@ -620,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
         if v % 8 or not 8 <= v <= STORED_SIZE:
             parser.error(f"--{name} must be a multiple of 8 between 8 and {STORED_SIZE}, got {v}")
     sections = sorted(set(args.sections))
-    cores = _usable_cores()
+    cores = usable_cores()
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     workers = min(2, cores)
@@ -661,7 +642,9 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = summarize(runs, methods)
     r = ratios(summary, args.backbones if 5 in sections else [])
-    native = sorted(set(BF16_CPU_FLAGS) & _cpu_flags())
+    from components.trainer import native_bf16_flags  # the rule --precision auto applies
+
+    native = native_bf16_flags()
     line = headline(r, args, sections, cores, small[1], large[1] if large else None)
     total_s = time.perf_counter() - t_start
 
@@ -679,9 +662,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "benchmark": "training",
         "command": " ".join(command),
-        "machine": {"cpu_count": os.cpu_count(), "usable_cores": cores, "arch": platform.machine(),
-                    "python": platform.python_version(), "platform": platform.platform(),
-                    "native_bf16_flags": native},
+        "machine": machine_info(native_bf16_flags=native),
         "config": {**config, "sections": sections, "seed": SEED, "stored_size": STORED_SIZE,
                    "small_records": small[1], "large_records": large[1] if large else None,
                    "throughput": "examples/s after warm-up, in the child process; 2 cores unless stated",

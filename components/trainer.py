@@ -142,18 +142,19 @@ class TrainResult:
 # ---------------------------------------------------------------- precision and distribution
 
 
-def _cpu_flags(cpuinfo_path: str) -> set[str]:
+def native_bf16_flags(cpuinfo_path: str = "/proc/cpuinfo") -> list[str]:
+    """The BF16_CPU_FLAGS this CPU has (empty: oneDNN would emulate bfloat16)."""
     try:
         with open(cpuinfo_path) as f:
             text = f.read()
     except OSError:
-        return set()
+        return []
     flags: set[str] = set()
     for line in text.splitlines():
         key, _, value = line.partition(":")
         if key.strip() == "flags":
             flags.update(value.split())
-    return flags
+    return sorted(set(BF16_CPU_FLAGS) & flags)
 
 
 def choose_precision(
@@ -173,7 +174,7 @@ def choose_precision(
         gpus = len(tf.config.list_physical_devices("GPU"))
     if gpus:
         return "mixed_float16", f"{gpus} GPU(s) visible: float16 compute, float32 weights"
-    native = sorted(set(BF16_CPU_FLAGS) & _cpu_flags(cpuinfo_path))
+    native = native_bf16_flags(cpuinfo_path)
     if native:
         return "mixed_bfloat16", f"no GPU; the CPU has {' and '.join(native)} (native bfloat16)"
     return "float32", "no GPU and the CPU lacks avx512_bf16/amx_bf16, so bfloat16 would be emulated and slower"
