@@ -41,6 +41,20 @@ def colorfulness(rgb: np.ndarray) -> float:
     return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
 
 
+def colorfulness_abs(rgb: np.ndarray) -> float:
+    """The colourfulness score of the DDColor paper's tables: Hasler-Suesstrunk on |R - G| and |(R + G)/2 - B|.
+
+    As DDColor's `calculate_cf` (github.com/piddnad/DDColor, basicsr/metrics/colorfulness.py) computes it
+    on uint8 images: sigma_rgyb + 0.3 mu_rgyb with absolute opponent channels, so the mean term counts
+    colour of either sign and scores run higher than `colorfulness`'s. 0 for a gray image.
+    """
+    x = np.asarray(rgb, dtype=np.float32)
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    rg = np.abs(r - g)
+    yb = np.abs(0.5 * (r + g) - b)
+    return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
+
+
 _TABLE_VERSION = 2
 
 
