@@ -1,0 +1,176 @@
+"""Pusher: blessed + validated in a fresh process -> a new version, TF Serving configs, a record; otherwise nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import keras
+import pytest
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
+
+from components import export, models, pusher
+
+
+def _evaluation(folder, blessed: bool, model_path: str) -> str:
+    """An evaluator output dir as the evaluator writes it: blessing.json and a BLESSED/NOT_BLESSED marker."""
+    os.makedirs(folder, exist_ok=True)
+    checks = [{"name": "psnr_vs_gray", "passed": blessed, "detail": "PSNR 24.1 dB vs gray 23.0 dB"}]
+    if not blessed:
+        checks[0]["detail"] = "PSNR 21.0 dB is under the gray baseline's 23.0 dB"
+    blessing = {"blessed": blessed, "checks": checks, "model_path": model_path,
+                "metrics_path": os.path.join(folder, "metrics.json"), "thresholds": {}}
+    with open(os.path.join(folder, "blessing.json"), "w") as f:
+        json.dump(blessing, f)
+    open(os.path.join(folder, "BLESSED" if blessed else "NOT_BLESSED"), "w").close()
+    return str(folder)
+
+
+def _models_config(serving_dir: str) -> model_server_config_pb2.ModelServerConfig:
+    with open(os.path.join(serving_dir, "models.config")) as f:
+        return text_format.Parse(f.read(), model_server_config_pb2.ModelServerConfig())
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("pusher")
+
+
+@pytest.fixture(scope="module")
+def model_path(root) -> str:
+    keras.utils.set_random_seed(0)
+    path = str(root / "model.keras")
+    models.build_model1(32, width=0.25).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def first_push(root, model_path):
+    """One push of a blessed model into an empty serving dir, validated in a fresh process."""
+    config = pusher.PushConfig(model=model_path, evaluation=_evaluation(root / "eval", True, model_path),
+                               serving_dir=str(root / "serving"))
+    return config, pusher.push(config)
+
+
+def test_a_blessed_model_is_validated_in_a_fresh_process_and_published_as_version_1(first_push):
+    config, result = first_push
+    model_dir = os.path.join(config.serving_dir, "colorizer")
+    assert result.pushed and result.version == 1, result.reason
+    assert result.version_dir == os.path.join(model_dir, "1")
+    assert sorted(os.listdir(model_dir)) == ["1"]
+    assert os.path.isfile(os.path.join(result.version_dir, "saved_model.pb"))
+    assert sorted(os.listdir(result.version_dir)) == ["assets", "assets.extra", "fingerprint.pb", "saved_model.pb",
+                                                      "variables"]
+    assert len(export.read_warmup(result.version_dir)) == len(export.sample_images())
+
+    validation = result.validation
+    assert validation["ok"] and validation["requests"] == len(export.sample_images()), validation
+    assert validation["process_seconds"] > validation["load_seconds"] > 0 and validation["query_seconds"] > 0
+
+    with open(result.record_path) as f:
+        record = json.load(f)
+    assert result.record_path == os.path.join(config.evaluation, "pushed.json")
+    assert record["pushed"] and record["version"] == 1 and record["version_dir"] == result.version_dir
+    assert record["validation"] == validation and "validated in a fresh process" in record["reason"]
+
+    entry, = _models_config(config.serving_dir).model_config_list.config
+    assert (entry.name, entry.base_path, entry.model_platform) == ("colorizer", os.path.abspath(model_dir),
+                                                                   "tensorflow")
+    assert entry.model_version_policy.latest.num_versions == 2
+    assert dict(entry.version_labels) == {"stable": 1, "canary": 1}
+    with open(os.path.join(config.serving_dir, "batching_parameters.txt")) as f:
+        assert f.read().split("\n")[:4] == ["max_batch_size { value: 8 }", "batch_timeout_micros { value: 2000 }",
+                                            "max_enqueued_batches { value: 100 }", "num_batch_threads { value: 2 }"]
+    with open(os.path.join(config.serving_dir, "monitoring.config")) as f:
+        text = f.read()
+    assert "enable: true" in text and 'path: "/monitoring/prometheus/metrics"' in text
+
+
+def test_a_second_push_is_version_2_labelled_canary_and_leaves_no_temp_dirs(first_push, tmp_path, capsys):
+    config, _ = first_push
+    model_dir = os.path.join(config.serving_dir, "colorizer")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = os.path.join(model_dir, f".tmp-2-{int(dead.stdout)}")  # left by a push that was killed
+    os.makedirs(os.path.join(stale, "variables"))
+
+    code = pusher.main(["--model", config.model, "--evaluation", config.evaluation, "--serving_dir",
+                        config.serving_dir, "--no_validate", "--batching", "max_batch_size=16",
+                        "--output", str(tmp_path / "records")])
+
+    out = capsys.readouterr().out
+    assert code == 0
+    version_dir = os.path.join(model_dir, "2")
+    assert "pushed colorizer version 2" in out and f"wrote {version_dir}/" in out
+    assert os.path.join(config.serving_dir, "models.config") in out
+    assert sorted(os.listdir(model_dir)) == ["1", "2"]
+    entry, = _models_config(config.serving_dir).model_config_list.config
+    assert dict(entry.version_labels) == {"stable": 1, "canary": 2}
+    with open(os.path.join(config.serving_dir, "batching_parameters.txt")) as f:
+        assert f.read().split("\n")[:2] == ["max_batch_size { value: 16 }", "batch_timeout_micros { value: 2000 }"]
+    with open(tmp_path / "records" / "pushed.json") as f:
+        record = json.load(f)
+    assert record["pushed"] and record["version"] == 2 and record["validation"] is None
+
+
+def test_a_broken_saved_model_is_rejected_and_nothing_is_published(first_push, root, capsys):
+    config, result = first_push
+    broken = str(root / "broken_saved_model")
+    shutil.copytree(result.version_dir, broken)
+    data = os.path.join(broken, "variables", "variables.data-00000-of-00001")
+    with open(data, "r+b") as f:
+        f.truncate(os.path.getsize(data) // 2)
+    evaluation = _evaluation(root / "eval_broken", True, broken)
+    serving = str(root / "serving_broken")
+
+    code = pusher.main(["--model", broken, "--evaluation", evaluation, "--serving_dir", serving])
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "nothing pushed: the exported model failed validation: the SavedModel in" in err
+    assert "does not load" in err and "Traceback" not in err
+    assert os.listdir(os.path.join(serving, "colorizer")) == []
+    with open(os.path.join(evaluation, "pushed.json")) as f:
+        record = json.load(f)
+    assert not record["pushed"] and record["version"] is None
+    assert not record["validation"]["ok"] and "does not load" in record["reason"]
+    assert record["validation"]["process_seconds"] > 0
+
+
+def test_a_model_that_was_not_blessed_is_not_pushed(root, model_path, capsys):
+    evaluation = _evaluation(root / "eval_not_blessed", False, model_path)
+    serving = str(root / "serving_not_blessed")
+
+    code = pusher.main(["--model", model_path, "--evaluation", evaluation, "--serving_dir", serving])
+
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "nothing pushed: the evaluator did not bless the model" in out
+    assert "under the gray baseline" in out
+    assert not os.path.exists(os.path.join(serving, "colorizer"))
+    with open(os.path.join(evaluation, "pushed.json")) as f:
+        record = json.load(f)
+    assert not record["pushed"] and not record["blessed"] and record["validation"] is None
+
+
+def test_user_mistakes_exit_2_with_one_sentence(root, model_path, capsys):
+    blessed = _evaluation(root / "eval_mistakes", True, model_path)
+    empty = root / "eval_empty"
+    empty.mkdir()
+    other = str(root / "other.keras")
+    shutil.copyfile(model_path, other)
+    cases = [
+        (["--model", str(root / "missing.keras"), "--evaluation", blessed], "missing.keras does not exist"),
+        (["--model", model_path, "--evaluation", str(empty)], "holds no blessing (blessing.json, BLESSED or"),
+        (["--model", model_path, "--evaluation", str(root / "no_eval")], "no_eval does not exist"),
+        (["--model", other, "--evaluation", blessed], "is for " + model_path),
+        (["--model", model_path, "--evaluation", blessed, "--model_name", "../up"], "not a folder name"),
+    ]
+    for args, sentence in cases:
+        code = pusher.main([*args, "--serving_dir", str(root / "serving_mistakes")])
+        err = capsys.readouterr().err
+        assert code == 2 and sentence in err and err.count("\n") == 1, (args, err)
+    assert not os.path.exists(root / "serving_mistakes" / "colorizer")
