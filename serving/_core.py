@@ -1,0 +1,543 @@
+"""The model manager behind both APIs: versioned SavedModels, version policy, labels, warmup, predict.
+
+Generic over SavedModels: input and output names, dtypes and shapes come from each signature.
+A poll thread lists every model base path each --file_system_poll_wait_seconds. A new
+integer-named version folder is loaded fully and warmed up with its
+assets.extra/tf_serving_warmup_requests before it is swapped in; then versions beyond the
+model_version_policy are unloaded. A version that fails to load is logged and skipped (retried only
+if its folder changes) while the versions already loaded keep serving.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import os
+import re
+import threading
+import time
+from typing import Callable, Iterable
+
+import numpy as np
+import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow.core.framework import types_pb2
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow_serving.apis import get_model_metadata_pb2, prediction_log_pb2
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving import _batching, _protos
+
+_log = logging.getLogger("serving.server")
+
+DEFAULT_SIGNATURE = "serving_default"
+SERVE_TAG = "serve"
+WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
+MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
+CODE_NAMES = {0: "OK", 1: "CANCELLED", 2: "UNKNOWN", 3: "INVALID_ARGUMENT", 4: "DEADLINE_EXCEEDED", 5: "NOT_FOUND",
+              6: "ALREADY_EXISTS", 7: "PERMISSION_DENIED", 8: "RESOURCE_EXHAUSTED", 9: "FAILED_PRECONDITION",
+              10: "ABORTED", 11: "OUT_OF_RANGE", 12: "UNIMPLEMENTED", 13: "INTERNAL", 14: "UNAVAILABLE",
+              15: "DATA_LOSS", 16: "UNAUTHENTICATED"}
+CODE_NUMBERS = {name: number for number, name in CODE_NAMES.items()}
+_VERSION_DIR = re.compile(r"^[0-9]+$")
+_TF_NOISE = re.compile(r"^(Graph execution error:|Detected at node|<stack traces unavailable>|File \")")
+_ASSERTION = "assertion failed: ["
+
+
+class ServingError(Exception):
+    """A request that cannot be served; `code` is a gRPC status name, the message one sentence."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def first_sentence(message: str) -> str:
+    """The useful part of a TensorFlow error: an assertion's own message, else its first line, without
+    stack traces and node or op annotations."""
+    lines = message.splitlines()
+    for line in lines:
+        at = line.find(_ASSERTION)
+        if at >= 0:
+            kept = []
+            for part in re.findall(r"\[(.*?)\](?= \[|\s*$)", line[at + len(_ASSERTION) - 1:]):
+                if part.startswith("Condition "):  # what tf.debugging.assert_* appends after the message
+                    break
+                kept.append(part)
+            text = " ".join("".join(kept).replace("\\'", "'").replace('\\"', '"').split())
+            if text:
+                return text[:500]
+    useful = [line.strip() for line in lines if line.strip() and not line[:1].isspace() and not _TF_NOISE.match(line)]
+    line = re.sub(r"\s*\[\[.*$|\s*\[Op:[^\]]*\]\s*$", "", useful[0] if useful else message.strip()).strip()
+    return line[:500] or "The model failed without a message."
+
+
+def dtype_name(dtype: int) -> str:
+    return types_pb2.DataType.Name(dtype)
+
+
+def _shape_text(shape: Iterable[int] | None) -> str:
+    return "unknown" if shape is None else "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """One named input or output of a signature, as its SignatureDef declares it."""
+
+    name: str
+    dtype: int
+    shape: tuple[int, ...] | None  # None: unknown rank; -1: unknown dimension
+
+    @classmethod
+    def from_info(cls, name: str, info: meta_graph_pb2.TensorInfo) -> TensorSpec:
+        shape = None if info.tensor_shape.unknown_rank else tuple(d.size for d in info.tensor_shape.dim)
+        return cls(name, info.dtype, shape)
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return np.dtype(object) if self.dtype == types_pb2.DT_STRING else tf.as_dtype(self.dtype).as_numpy_dtype
+
+    def check(self, value: np.ndarray, signature: str) -> np.ndarray:
+        """The value in this tensor's dtype; a wrong dtype or shape raises INVALID_ARGUMENT."""
+        expected = self.numpy_dtype
+        is_string = value.dtype == object or value.dtype.kind in "SU"
+        if is_string != (self.dtype == types_pb2.DT_STRING) or (not is_string and value.dtype != expected):
+            got = "DT_STRING" if is_string else dtype_name(tf.as_dtype(value.dtype).as_datatype_enum)
+            raise ServingError("INVALID_ARGUMENT", f"Input '{self.name}' of signature '{signature}' must be "
+                                                   f"{dtype_name(self.dtype)}, got {got}.")
+        if self.shape is not None and (len(self.shape) != value.ndim or any(
+                want not in (-1, got) for want, got in zip(self.shape, value.shape))):
+            raise ServingError("INVALID_ARGUMENT", f"Input '{self.name}' of signature '{signature}' must have shape "
+                                                   f"{_shape_text(self.shape)}, got {_shape_text(value.shape)}.")
+        if is_string and value.dtype != object:
+            value = value.astype(object)
+        return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Signature:
+    name: str
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, TensorSpec]
+    function: Callable[..., dict[str, tf.Tensor]]
+
+    @property
+    def batchable(self) -> bool:
+        """Every input and output is declared with an unknown first dimension."""
+        specs = list(self.inputs.values()) + list(self.outputs.values())
+        return bool(self.inputs) and all(s.shape and s.shape[0] == -1 for s in specs)
+
+    def check_inputs(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        unknown = sorted(set(inputs) - set(self.inputs))
+        if unknown:
+            raise ServingError("INVALID_ARGUMENT", f"'{unknown[0]}' is not an input of signature '{self.name}'; "
+                                                   f"its inputs are: {', '.join(sorted(self.inputs))}.")
+        missing = sorted(set(self.inputs) - set(inputs))
+        if missing:
+            raise ServingError("INVALID_ARGUMENT", f"Input '{missing[0]}' of signature '{self.name}' is missing; "
+                                                   f"send every input: {', '.join(sorted(self.inputs))}.")
+        return {name: spec.check(inputs[name], self.name) for name, spec in self.inputs.items()}
+
+
+def _read_meta_graph(path: str) -> meta_graph_pb2.MetaGraphDef:
+    saved_model = saved_model_pb2.SavedModel()
+    binary = os.path.join(path, "saved_model.pb")
+    if tf.io.gfile.exists(binary):
+        with tf.io.gfile.GFile(binary, "rb") as f:
+            saved_model.ParseFromString(f.read())
+    else:
+        with tf.io.gfile.GFile(os.path.join(path, "saved_model.pbtxt"), "r") as f:
+            text_format.Parse(f.read(), saved_model)
+    for meta_graph in saved_model.meta_graphs:
+        if SERVE_TAG in meta_graph.meta_info_def.tags:
+            return meta_graph
+    raise ValueError(f"no MetaGraph tagged '{SERVE_TAG}'")
+
+
+class Servable:
+    """One loaded version of one model."""
+
+    def __init__(self, name: str, version: int, path: str):
+        self.name, self.version, self.path = name, version, path
+        meta_graph = _read_meta_graph(path)
+        self.signature_defs = dict(meta_graph.signature_def)
+        self._loaded = tf.saved_model.load(path, tags=[SERVE_TAG])
+        self.signatures = {
+            key: Signature(
+                key,
+                {n: TensorSpec.from_info(n, i) for n, i in self.signature_defs[key].inputs.items()},
+                {n: TensorSpec.from_info(n, i) for n, i in self.signature_defs[key].outputs.items()},
+                function)
+            for key, function in self._loaded.signatures.items() if key in self.signature_defs}
+
+    def signature_def_map(self) -> get_model_metadata_pb2.SignatureDefMap:
+        result = get_model_metadata_pb2.SignatureDefMap()
+        for key, signature_def in self.signature_defs.items():
+            result.signature_def[key].CopyFrom(signature_def)
+        return result
+
+    def signature(self, name: str) -> Signature:
+        name = name or DEFAULT_SIGNATURE
+        if name not in self.signatures:
+            raise ServingError("INVALID_ARGUMENT", f"Signature '{name}' is not in model '{self.name}' version "
+                                                   f"{self.version}; its signatures are: "
+                                                   f"{', '.join(sorted(self.signatures))}.")
+        return self.signatures[name]
+
+    def run(self, signature: Signature, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Calls the signature; model errors become ServingError with the model's first sentence."""
+        try:
+            tensors = {name: tf.constant(value, dtype=tf.as_dtype(signature.inputs[name].dtype))
+                       for name, value in inputs.items()}
+            outputs = signature.function(**tensors)
+        except tf.errors.OpError as e:
+            raise ServingError(CODE_NAMES.get(e.error_code, "UNKNOWN"), first_sentence(e.message)) from None
+        except (TypeError, ValueError) as e:
+            raise ServingError("INVALID_ARGUMENT", first_sentence(str(e))) from None
+        return {name: value.numpy() for name, value in outputs.items()}
+
+    def warm_up(self) -> int:
+        """Replays assets.extra/tf_serving_warmup_requests (PredictionLog records); returns how many ran."""
+        path = os.path.join(self.path, WARMUP_FILE)
+        if not tf.io.gfile.exists(path):
+            return 0
+        count = 0
+        for record in tf.data.TFRecordDataset(path):
+            count += 1
+            if count > MAX_WARMUP_RECORDS:
+                raise ValueError(f"the warmup file has more than {MAX_WARMUP_RECORDS} records")
+            log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            if log.WhichOneof("log_type") != "predict_log":
+                _log.warning("%s: skipping a %s warmup record; only predict_log is replayed",
+                             path, log.WhichOneof("log_type"))
+                continue
+            request = log.predict_log.request
+            signature = self.signature(request.model_spec.signature_name)
+            inputs = {name: tensor_to_array(name, proto) for name, proto in request.inputs.items()}
+            self.run(signature, signature.check_inputs(inputs))
+        return count
+
+
+def tensor_to_array(name: str, proto) -> np.ndarray:
+    try:
+        return tf.make_ndarray(proto)
+    except Exception as e:  # noqa: BLE001 - any malformed TensorProto is the caller's mistake
+        raise ServingError("INVALID_ARGUMENT", f"Input '{name}' is not a valid TensorProto: "
+                                               f"{first_sentence(str(e))}.") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+    """One served model: where its versions live, which to keep, and the names of some versions."""
+
+    name: str
+    base_path: str
+    policy: str = "latest"  # latest | all | specific
+    num_versions: int = 1
+    specific_versions: frozenset[int] = frozenset()
+    labels: tuple[tuple[str, int], ...] = ()
+
+    def aspired(self, candidates: set[int]) -> set[int]:
+        if self.policy == "all":
+            return set(candidates)
+        if self.policy == "specific":
+            return candidates & self.specific_versions
+        return set(sorted(candidates)[-self.num_versions:])
+
+
+def absolute_path(path: str) -> str:
+    return path if "://" in path else os.path.abspath(path)
+
+
+def check_base_path(name: str, base_path: str) -> None:
+    if not tf.io.gfile.isdir(base_path):
+        raise _protos.ConfigFileError(f"The model base path {base_path} of model '{name}' does not exist; pass the "
+                                      f"folder that holds the numbered version folders.")
+    if tf.io.gfile.exists(os.path.join(base_path, "saved_model.pb")):
+        raise _protos.ConfigFileError(f"{base_path} is a SavedModel version folder; pass its parent, the model base "
+                                      f"path that holds the numbered version folders.")
+
+
+def sources_from_config(config: model_server_config_pb2.ModelServerConfig, where: str) -> list[ModelSource]:
+    """ModelSources from a ModelServerConfig; anything TF Serving would reject raises ConfigFileError."""
+    if config.WhichOneof("config") != "model_config_list":
+        raise _protos.ConfigFileError(f"{where} must hold a model_config_list; custom_model_config is not supported.")
+    sources = []
+    for model in config.model_config_list.config:
+        if not model.name or not model.base_path:
+            raise _protos.ConfigFileError(f"Every model in {where} needs a name and a base_path.")
+        if model.model_platform not in ("", "tensorflow"):
+            raise _protos.ConfigFileError(f"Model '{model.name}' in {where} has model_platform "
+                                          f"'{model.model_platform}'; only 'tensorflow' is served.")
+        policy = model.model_version_policy
+        kind = policy.WhichOneof("policy_choice") or "latest"
+        num_versions = policy.latest.num_versions if kind == "latest" and policy.latest.num_versions else 1
+        sources.append(ModelSource(
+            model.name, absolute_path(model.base_path), kind, num_versions, frozenset(policy.specific.versions),
+            tuple(sorted(model.version_labels.items()))))
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise _protos.ConfigFileError(f"{where} names a model twice.")
+    if not sources:
+        raise _protos.ConfigFileError(f"{where} names no model.")
+    return sources
+
+
+def read_model_config_file(path: str) -> list[ModelSource]:
+    config = _protos.read_text_proto(path, model_server_config_pb2.ModelServerConfig, "model config file")
+    return sources_from_config(config, f"The model config file {path}")
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionState:
+    state: str  # START | LOADING | AVAILABLE | UNLOADING | END, as ModelVersionStatus.State
+    error_code: str = "OK"
+    error_message: str = ""
+
+
+class _Model:
+    def __init__(self, source: ModelSource):
+        self.source = source
+        self.versions: dict[int, Servable] = {}  # replaced, never mutated: readers take a snapshot
+        self.states: dict[int, VersionState] = {}
+        self.failed: dict[int, tuple] = {}
+        self.warned_empty = False
+
+
+def _fingerprint(path: str) -> tuple:
+    try:
+        entries = sorted(tf.io.gfile.listdir(path))
+        pb = os.path.join(path, "saved_model.pb")
+        stat = tf.io.gfile.stat(pb) if tf.io.gfile.exists(pb) else None
+        return tuple(entries), (stat.length, stat.mtime_nsec) if stat else None
+    except tf.errors.OpError:
+        return ()
+
+
+class ModelManager:
+    """Keeps each model's aspired versions loaded, polling the base paths on a thread."""
+
+    def __init__(self, sources: list[ModelSource], poll_wait_seconds: float,
+                 on_state: Callable[[str, int, VersionState], None] | None = None):
+        self.poll_wait_seconds = poll_wait_seconds
+        self._models = {s.name: _Model(s) for s in sources}
+        self._update = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._on_state = on_state
+
+    def start(self) -> None:
+        """Loads what is there now (blocking), then polls on a thread."""
+        self.poll()
+        if self.poll_wait_seconds > 0:
+            self._thread = threading.Thread(target=self._poll_loop, name="model-poller", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(30)
+
+    def _poll_loop(self) -> None:
+        while not self._stop.wait(self.poll_wait_seconds):
+            try:
+                self.poll()
+            except Exception:  # noqa: BLE001 - the poller must survive anything a file system does
+                _log.exception("polling the model base paths failed")
+
+    def set_sources(self, sources: list[ModelSource]) -> None:
+        """Applies a new model list (config reload): new models load now, removed ones unload."""
+        with self._update:
+            models = dict(self._models)
+            for name in set(models) - {s.name for s in sources}:
+                _log.info("Unloading model '%s': no longer in the config", name)
+                del models[name]
+            for source in sources:
+                if source.name in models:
+                    models[source.name].source = source
+                else:
+                    models[source.name] = _Model(source)
+            self._models = models
+        self.poll()
+
+    def poll(self) -> None:
+        with self._update:
+            for model in list(self._models.values()):
+                self._poll_model(model)
+
+    def _set_state(self, model: _Model, version: int, state: VersionState) -> None:
+        model.states = {**model.states, version: state}
+        if self._on_state:
+            self._on_state(model.source.name, version, state)
+
+    def _poll_model(self, model: _Model) -> None:
+        source = model.source
+        try:
+            names = tf.io.gfile.listdir(source.base_path)
+        except tf.errors.OpError as e:
+            _log.error("Cannot list the base path %s of model '%s': %s", source.base_path, source.name,
+                       first_sentence(e.message))
+            return
+        on_disk = {}
+        for entry in names:
+            entry = entry.rstrip("/")
+            path = os.path.join(source.base_path, entry)
+            if _VERSION_DIR.match(entry) and tf.io.gfile.isdir(path):
+                on_disk[int(entry)] = path
+        if not on_disk:
+            if not model.warned_empty:
+                _log.warning("No version folders found under %s for model '%s' yet", source.base_path, source.name)
+                model.warned_empty = True
+            return
+        model.warned_empty = False
+        for version, fingerprint in list(model.failed.items()):
+            if version not in on_disk or _fingerprint(on_disk[version]) != fingerprint:
+                del model.failed[version]
+        aspired = source.aspired(set(on_disk) - set(model.failed))
+        for version in sorted(aspired - set(model.versions), reverse=True):
+            self._load(model, version, on_disk[version])
+        retired = set(model.versions) - aspired
+        if retired and retired == set(model.versions):
+            return  # never unload the last serving version while nothing aspired has loaded
+        for version in sorted(retired):
+            self._set_state(model, version, VersionState("UNLOADING"))
+            model.versions = {v: s for v, s in model.versions.items() if v != version}
+            self._set_state(model, version, VersionState("END"))
+            _log.info("Unloaded model '%s' version %d", source.name, version)
+
+    def _load(self, model: _Model, version: int, path: str) -> None:
+        name = model.source.name
+        self._set_state(model, version, VersionState("LOADING"))
+        started = time.monotonic()
+        try:
+            servable = Servable(name, version, path)
+            warmed = servable.warm_up()
+        except Exception as e:  # noqa: BLE001 - a broken version folder is skipped, whatever broke it
+            message = first_sentence(e.message if isinstance(e, tf.errors.OpError) else str(e))
+            code = e.code if isinstance(e, ServingError) else "UNKNOWN"
+            model.failed[version] = _fingerprint(path)
+            self._set_state(model, version, VersionState("END", code, f"Loading {path} failed: {message}"))
+            _log.error("Skipping model '%s' version %d: loading %s failed: %s", name, version, path, message)
+            return
+        model.versions = {**model.versions, version: servable}
+        self._set_state(model, version, VersionState("AVAILABLE"))
+        _log.info("Loaded model '%s' version %d from %s in %.1f s (%d warmup requests)", name, version, path,
+                  time.monotonic() - started, warmed)
+
+    def model_names(self) -> list[str]:
+        return sorted(self._models)
+
+    def _model(self, name: str) -> _Model:
+        model = self._models.get(name)
+        if model is None:
+            raise ServingError("NOT_FOUND", f"Model '{name}' is not served here; served models: "
+                                            f"{', '.join(self.model_names())}.")
+        return model
+
+    def _label_version(self, model: _Model, label: str) -> int:
+        labels = dict(model.source.labels)
+        if label not in labels:
+            known = ", ".join(sorted(labels)) or "none"
+            raise ServingError("INVALID_ARGUMENT", f"Model '{model.source.name}' has no version label '{label}'; "
+                                                   f"its labels are: {known}.")
+        return labels[label]
+
+    def resolve(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
+        """The servable a request names: a version, a label, or (neither) the highest loaded version."""
+        model = self._model(name)
+        versions = model.versions
+        loaded = ", ".join(str(v) for v in sorted(versions)) or "none"
+        if label:
+            version = self._label_version(model, label)
+            if version not in versions:
+                raise ServingError("NOT_FOUND", f"Version {version} (label '{label}') of model '{name}' is not "
+                                                f"loaded; loaded versions: {loaded}.")
+        if version is not None:
+            if version not in versions:
+                raise ServingError("NOT_FOUND", f"Version {version} of model '{name}' is not loaded; loaded "
+                                                f"versions: {loaded}.")
+            return versions[version]
+        if not versions:
+            raise ServingError("UNAVAILABLE", f"Model '{name}' has no loaded version yet; retry once a version "
+                                              f"folder under {model.source.base_path} has loaded.")
+        return versions[max(versions)]
+
+    def status(self, name: str, version: int | None = None, label: str | None = None) -> dict[int, VersionState]:
+        """Version -> state, newest first: one version when asked by version or label, else every one known."""
+        model = self._model(name)
+        states = model.states
+        if label:
+            version = self._label_version(model, label)
+        if version is not None:
+            if version not in states:
+                raise ServingError("NOT_FOUND", f"Could not find version {version} of model '{name}'.")
+            return {version: states[version]}
+        if not states:
+            raise ServingError("NOT_FOUND", f"Could not find any versions of model '{name}'.")
+        return dict(sorted(states.items(), reverse=True))
+
+
+class ServingCore:
+    """Predict with batching, deadlines and in-flight accounting, shared by the gRPC and REST front ends."""
+
+    def __init__(self, manager: ModelManager, batcher: _batching.BatchScheduler | None, max_threads: int):
+        self.manager = manager
+        self.batcher = batcher
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_threads, thread_name_prefix="predict")
+        self._in_flight = 0
+        self._idle = threading.Condition()
+
+    def predict(self, servable: Servable, signature_name: str, inputs: dict[str, np.ndarray],
+                output_filter: Iterable[str] = (), timeout: float | None = None,
+                ) -> tuple[Signature, dict[str, np.ndarray]]:
+        signature = servable.signature(signature_name)
+        inputs = signature.check_inputs(inputs)
+        wanted = list(output_filter)
+        unknown = [name for name in wanted if name not in signature.outputs]
+        if unknown:
+            raise ServingError("INVALID_ARGUMENT", f"'{unknown[0]}' is not an output of signature "
+                                                   f"'{signature.name}'; its outputs are: "
+                                                   f"{', '.join(sorted(signature.outputs))}.")
+        with self._idle:
+            self._in_flight += 1
+        try:
+            outputs = self._run(servable, signature, inputs, timeout)
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+        if wanted:
+            outputs = {name: outputs[name] for name in wanted}
+        return signature, outputs
+
+    def _run(self, servable: Servable, signature: Signature, inputs: dict[str, np.ndarray],
+             timeout: float | None) -> dict[str, np.ndarray]:
+        def run(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return servable.run(signature, batch)
+
+        late = ServingError("DEADLINE_EXCEEDED", f"The request did not finish within its deadline of "
+                                                 f"{timeout or 0:.3g} s.")
+        if timeout is not None and timeout <= 0:
+            raise late
+        try:
+            if self.batcher is not None and signature.batchable:
+                return self.batcher.run((servable.name, servable.version, signature.name, id(servable)), run,
+                                        inputs, timeout)
+            if timeout is None:
+                return run(inputs)
+            return self._executor.submit(run, inputs).result(timeout)
+        except (TimeoutError, concurrent.futures.TimeoutError):
+            raise late from None
+        except _batching.BatchingUnavailable as e:
+            raise ServingError("UNAVAILABLE", str(e)) from None
+
+    def drain(self, timeout: float) -> bool:
+        """Waits until no predict is in flight; False if some still are after `timeout` seconds."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.stop()
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,119 @@
+"""TF Serving's gRPC PredictionService (Predict, GetModelMetadata) and ModelService over the core."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import grpc
+import tensorflow as tf
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_management_pb2,
+                                     model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
+
+from serving import _core, _metrics, _protos
+
+_log = logging.getLogger("serving.grpc")
+
+SIGNATURE_DEF_FIELD = "signature_def"
+
+
+def _spec(spec: Any) -> tuple[str, int | None, str | None]:
+    choice = spec.WhichOneof("version_choice")
+    version = spec.version.value if choice == "version" else None
+    label = spec.version_label if choice == "version_label" else None
+    return spec.name, version, label
+
+
+def _abort(context: grpc.ServicerContext, error: Exception, what: str) -> None:
+    if isinstance(error, _core.ServingError):
+        context.abort(grpc.StatusCode[error.code], error.message)
+    _log.exception("gRPC %s failed", what)
+    context.abort(grpc.StatusCode.INTERNAL, f"Internal error: {error}")
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """Predict and GetModelMetadata; Classify, Regress and MultiInference answer UNIMPLEMENTED."""
+
+    def __init__(self, core: _core.ServingCore, metrics: _metrics.Metrics):
+        self.core, self.metrics = core, metrics
+
+    def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext):  # noqa: N802
+        started, code = time.monotonic(), "OK"
+        name, version, label = _spec(request.model_spec)
+        signature_name = request.model_spec.signature_name or _core.DEFAULT_SIGNATURE
+        try:
+            servable = self.core.manager.resolve(name, version, label)
+            inputs = {key: _core.tensor_to_array(key, proto) for key, proto in request.inputs.items()}
+            signature, outputs = self.core.predict(servable, signature_name, inputs, request.output_filter,
+                                                   timeout=context.time_remaining())
+            response = predict_pb2.PredictResponse()
+            response.model_spec.name = servable.name
+            response.model_spec.version.value = servable.version
+            response.model_spec.signature_name = signature.name
+            for key, value in outputs.items():
+                response.outputs[key].CopyFrom(tf.make_tensor_proto(value))
+            return response
+        except Exception as e:  # noqa: BLE001 - every failure becomes a status for this request only
+            code = e.code if isinstance(e, _core.ServingError) else "INTERNAL"
+            _abort(context, e, "Predict")
+        finally:
+            self.metrics.observe_request(name, signature_name, "GRPC", code, time.monotonic() - started)
+
+    def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,  # noqa: N802
+                         context: grpc.ServicerContext):
+        try:
+            if not request.metadata_field:
+                raise _core.ServingError("INVALID_ARGUMENT", "GetModelMetadataRequest must name at least one "
+                                                             f"metadata_field; ask for '{SIGNATURE_DEF_FIELD}'.")
+            for field in request.metadata_field:
+                if field != SIGNATURE_DEF_FIELD:
+                    raise _core.ServingError("INVALID_ARGUMENT", f"Metadata field '{field}' is not supported; ask "
+                                                                 f"for '{SIGNATURE_DEF_FIELD}'.")
+            servable = self.core.manager.resolve(*_spec(request.model_spec))
+            response = get_model_metadata_pb2.GetModelMetadataResponse()
+            response.model_spec.name = servable.name
+            response.model_spec.version.value = servable.version
+            response.metadata[SIGNATURE_DEF_FIELD].Pack(servable.signature_def_map())
+            return response
+        except Exception as e:  # noqa: BLE001
+            _abort(context, e, "GetModelMetadata")
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    """GetModelStatus, and HandleReloadConfigRequest to swap the model list at run time."""
+
+    def __init__(self, core: _core.ServingCore):
+        self.core = core
+
+    def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest,  # noqa: N802
+                       context: grpc.ServicerContext):
+        try:
+            states = self.core.manager.status(*_spec(request.model_spec))
+            response = get_model_status_pb2.GetModelStatusResponse()
+            for version, state in states.items():
+                entry = response.model_version_status.add(version=version)
+                entry.state = get_model_status_pb2.ModelVersionStatus.State.Value(state.state)
+                entry.status.error_code = _core.CODE_NUMBERS[state.error_code]
+                entry.status.error_message = state.error_message
+            return response
+        except Exception as e:  # noqa: BLE001
+            _abort(context, e, "GetModelStatus")
+
+    def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest,  # noqa: N802
+                                  context: grpc.ServicerContext):
+        response = model_management_pb2.ReloadConfigResponse()
+        try:
+            sources = _core.sources_from_config(request.config, "The ReloadConfigRequest")
+            for source in sources:
+                _core.check_base_path(source.name, source.base_path)
+            self.core.manager.set_sources(sources)
+        except _protos.ConfigFileError as e:
+            response.status.error_code = _core.CODE_NUMBERS["INVALID_ARGUMENT"]
+            response.status.error_message = str(e)
+        return response
+
+
+def add_services(server: grpc.Server, core: _core.ServingCore, metrics: _metrics.Metrics) -> None:
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(core, metrics), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core), server)
