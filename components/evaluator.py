@@ -88,6 +88,8 @@ class EvalConfig:
     examples: str
     output_dir: str
     baseline_model: str | None = None
+    baseline_optional: bool = False
+    """When baseline_model does not exist yet (nothing blessed so far), measure against gray only."""
     split: str = "test"
     image_size: int | None = None
     batch_size: int = 16
@@ -480,6 +482,10 @@ def evaluate(config: EvalConfig) -> EvalResult:
             f"image size {size} is under {MIN_IMAGE_SIZE} (SSIM's window); pass a larger --image_size."
         )
     baseline = None
+    if config.baseline_model and config.baseline_optional and not tf.io.gfile.exists(config.baseline_model):
+        print(f"evaluator: no baseline model at {config.baseline_model} yet; measuring against gray only",
+              flush=True)
+        config = dataclasses.replace(config, baseline_model=None)
     if config.baseline_model:
         baseline = load_predictor(config.baseline_model)
     if config.historical_dir:
@@ -578,6 +584,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output_dir", required=True, help="where metrics.json, blessing.json, the marker and PNGs go")
     p.add_argument("--baseline_model",
                    help="the last blessed model: a .keras file or a serving SavedModel version dir (predict_ab)")
+    p.add_argument("--baseline_optional", action="store_true",
+                   help="when --baseline_model does not exist yet (the first push), measure against gray only")
     p.add_argument("--historical_dir", help="a folder of black-and-white photos to colorize at their own resolution")
     p.add_argument("--split", default="test", help="split to measure (default test)")
     p.add_argument("--image_size", type=int, help="evaluation crop side (default: the model's input size)")

@@ -50,6 +50,7 @@ import numpy as np
 import tensorflow as tf
 
 import schemas
+from schemas.artifacts import MODEL_FILE
 from components import hparams as hparams_lib
 from components import loader, models
 
@@ -59,7 +60,6 @@ BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 """CPU flags for native bfloat16 arithmetic. Without them oneDNN emulates bf16: Model 1 at 224, batch 8, on a
 2-core AVX-512 Xeon without these flags took about 18 CPU-seconds per step in mixed_bfloat16 against 6.3 in float32."""
 
-MODEL_FILE = "model.keras"
 BEST_CHECKPOINT = "checkpoints/best.keras"
 BACKUP_DIR = "backup"
 CSV_LOG = "logs/training_log.csv"
@@ -83,7 +83,7 @@ class TrainingDiverged(TrainError):
 
 @dataclasses.dataclass
 class TrainConfig:
-    """One training run. `model` and `batch_size` override the hyperparameters file."""
+    """One training run. `model`, `batch_size`, `width`, `learning_rate` and `loss` override the hyperparameters file."""
 
     examples: str
     output_dir: str
@@ -94,6 +94,9 @@ class TrainConfig:
     validation_steps: int | None = None
     hparams: str | None = None
     batch_size: int | None = None
+    width: float | None = None
+    learning_rate: float | None = None
+    loss: str | None = None
     precision: str = "auto"
     distribute: str = "auto"
     reduce_lr: bool = False
@@ -429,8 +432,9 @@ def _resolve_hparams(config: TrainConfig) -> dict[str, Any]:
     values = hparams_lib.load(config.hparams)
     if config.model:
         values["family"] = config.model
-    if config.batch_size:
-        values["batch_size"] = config.batch_size
+    for name in ("batch_size", "width", "learning_rate", "loss"):
+        if getattr(config, name) is not None:
+            values[name] = getattr(config, name)
     return hparams_lib.validate(values)
 
 
@@ -685,6 +689,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--validation_steps", type=int, help="eval batches per epoch (default: the whole eval split)")
     p.add_argument("--hparams", help="the tuner's best hyperparameters JSON (default: the report's settings)")
     p.add_argument("--batch_size", type=int, help="per-replica batch size; overrides the hyperparameters file")
+    p.add_argument("--width", type=float, help="channel-width multiplier; overrides the hyperparameters file")
+    p.add_argument("--learning_rate", type=float, help="Adam's learning rate; overrides the hyperparameters file")
+    p.add_argument("--loss", choices=models.LOSSES, help="training loss; overrides the hyperparameters file")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto: mixed_float16 on GPU, mixed_bfloat16 on CPUs with native bf16, else float32")
     p.add_argument("--distribute", choices=DISTRIBUTIONS, default="auto",

@@ -3,7 +3,8 @@
 Each trial builds one model from hparams.SEARCH_SPACE (family, width,
 Model 2's backbone, loss, learning rate, batch size), streams the train and
 eval splits with the sampled batch size and reports the objective (default
-val_loss). The winner is written with hparams.save, so the trainer reads it
+val_mae: val_loss would favour Huber trials, whose loss is on a smaller
+scale than MSE's). The winner is written with hparams.save, so the trainer reads it
 with `--hparams OUT/best_hparams.json`. keras-tuner's own state lives in
 OUT/tuner/: re-running the same command resumes, reusing finished trials
 and re-running one that was interrupted.
@@ -51,12 +52,12 @@ import keras_tuner as kt
 import tensorflow as tf
 
 from components import hparams, loader, models
+from schemas.artifacts import BEST_HPARAMS_FILE
 
 ALGORITHMS = ("random", "hyperband", "bayesian")
 OBJECTIVE_METRICS = ("loss", "mae")
 """What models.compile_model reports; an objective is one of these, optionally with val_ in front."""
 
-BEST_HPARAMS_FILE = "best_hparams.json"
 TUNER_PROJECT = "tuner"
 SETTINGS_FILE = "settings.json"
 RUN_BY_FILE = "run_by.json"
@@ -76,7 +77,7 @@ class TuneConfig:
     output_dir: str
     algorithm: str = "random"
     max_trials: int = 10
-    objective: str = "val_loss"
+    objective: str = "val_mae"
     epochs: int = 5
     steps_per_epoch: int | None = None
     validation_steps: int | None = None
@@ -397,8 +398,9 @@ def _build_parser() -> argparse.ArgumentParser:
     add("--algorithm", choices=ALGORITHMS, default="random", help="Search algorithm (default random).")
     add("--max_trials", type=_positive_int, default=10,
         help="Trials in all (default 10); for hyperband a cap on what its brackets ask for.")
-    add("--objective", default="val_loss",
-        help="loss, mae, val_loss or val_mae, optionally NAME:min or NAME:max (default val_loss, minimised).")
+    add("--objective", default="val_mae",
+        help="loss, mae, val_loss or val_mae, optionally NAME:min or NAME:max (default val_mae, minimised: unlike "
+        "val_loss it does not depend on the loss a trial trains with).")
     add("--epochs", type=_positive_int, default=5, help="Epochs per trial; hyperband's max_epochs (default 5).")
     add("--steps_per_epoch", type=_positive_int, default=None, help="Batches per epoch (default: the whole train split).")
     add("--validation_steps", type=_positive_int, default=None, help="Eval batches (default: the whole eval split).")

@@ -317,3 +317,14 @@ def test_two_workers_on_loopback_train_in_sync_and_only_the_chief_writes(example
     losses = [re.findall(r"(?:val_)?loss: [0-9.e-]+", text) for text in outputs]
     assert losses[0] and losses[0] == losses[1]  # one model: both workers see the same all-reduced losses
     assert "wrote" not in outputs[1] and not list(scratch.iterdir())  # worker 1 wrote to a temp dir, then removed it
+
+
+def test_width_learning_rate_and_loss_flags_override_the_hyperparameters_file(tmp_path):
+    path = _hparams_file(tmp_path, width=0.5, learning_rate=1e-3, loss="mse")
+    config = trainer.TrainConfig(**vars(trainer._parser().parse_args([
+        "--examples", "unused", "--output_dir", "unused", "--hparams", path,
+        "--width", "0.25", "--learning_rate", "0.002", "--loss", "huber",
+    ])))
+    resolved = trainer._resolve_hparams(config)
+    assert (resolved["width"], resolved["learning_rate"], resolved["loss"]) == (0.25, 0.002, "huber")
+    assert trainer._resolve_hparams(trainer.TrainConfig("unused", "unused", hparams=path))["width"] == 0.5

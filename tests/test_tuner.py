@@ -80,7 +80,7 @@ def test_random_search_writes_hparams_the_trainer_loads(random_search):
     assert loaded["batch_size"] in hparams.SEARCH_SPACE["batch_size"][1]
     with open(result.best_hparams_path) as f:
         saved = json.load(f)
-    assert saved["objective"] == "val_loss" and saved["algorithm"] == "random"
+    assert saved["objective"] == "val_mae" and saved["algorithm"] == "random"
     records = trial_records(config.output_dir)
     assert saved["trial_id"] in records
     assert saved["score"] == min(t["score"] for t in records.values())
