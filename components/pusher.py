@@ -263,7 +263,7 @@ def validate_in_fresh_process(export_dir: str, timeout_s: float = VALIDATION_TIM
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    command = [sys.executable, "-m", "components.pusher", "--validate_only", export_dir]
+    command = [sys.executable, "-m", "components.pusher", "--validate_only", _absolute(export_dir)]
     start = time.monotonic()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -50,22 +51,29 @@ def model_path(root) -> str:
 
 @pytest.fixture(scope="module")
 def first_push(root, model_path):
-    """One push of a blessed model into an empty serving dir, validated in a fresh process."""
+    """One push of a blessed model into an empty serving dir given as a relative path, validated in a fresh process."""
     config = pusher.PushConfig(model=model_path, evaluation=_evaluation(root / "eval", True, model_path),
-                               serving_dir=str(root / "serving"))
-    return config, pusher.push(config)
+                               serving_dir="serving")
+    cwd = os.getcwd()
+    os.chdir(root)  # the fresh process runs elsewhere: relative paths must still reach the same folder
+    try:
+        result = pusher.push(config)
+    finally:
+        os.chdir(cwd)
+    return dataclasses.replace(config, serving_dir=str(root / "serving")), result
 
 
 def test_a_blessed_model_is_validated_in_a_fresh_process_and_published_as_version_1(first_push):
     config, result = first_push
     model_dir = os.path.join(config.serving_dir, "colorizer")
     assert result.pushed and result.version == 1, result.reason
-    assert result.version_dir == os.path.join(model_dir, "1")
+    assert result.version_dir == os.path.join("serving", "colorizer", "1")  # as the caller named the serving dir
+    version_dir = os.path.join(model_dir, "1")
     assert sorted(os.listdir(model_dir)) == ["1"]
-    assert os.path.isfile(os.path.join(result.version_dir, "saved_model.pb"))
-    assert sorted(os.listdir(result.version_dir)) == ["assets", "assets.extra", "fingerprint.pb", "saved_model.pb",
+    assert os.path.isfile(os.path.join(version_dir, "saved_model.pb"))
+    assert sorted(os.listdir(version_dir)) == ["assets", "assets.extra", "fingerprint.pb", "saved_model.pb",
                                                       "variables"]
-    assert len(export.read_warmup(result.version_dir)) == len(export.sample_images())
+    assert len(export.read_warmup(version_dir)) == len(export.sample_images())
 
     validation = result.validation
     assert validation["ok"] and validation["requests"] == len(export.sample_images()), validation
@@ -119,7 +127,7 @@ def test_a_second_push_is_version_2_labelled_canary_and_leaves_no_temp_dirs(firs
 def test_a_broken_saved_model_is_rejected_and_nothing_is_published(first_push, root, capsys):
     config, result = first_push
     broken = str(root / "broken_saved_model")
-    shutil.copytree(result.version_dir, broken)
+    shutil.copytree(os.path.join(config.serving_dir, "colorizer", "1"), broken)
     data = os.path.join(broken, "variables", "variables.data-00000-of-00001")
     with open(data, "r+b") as f:
         f.truncate(os.path.getsize(data) // 2)
