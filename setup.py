@@ -36,7 +36,8 @@ setup(
         "requests>=2.31",  # serving's REST client
     ],
     extras_require={
-        "test": ["pytest>=8", "scikit-image>=0.24"],
+        # kfp: the Kubeflow compile is tested (compiling only)
+        "test": ["pytest>=8", "scikit-image>=0.24", "kfp>=2.13,<2.14", "kfp-kubernetes>=1.5,<2"],
         "gcp": ["apache-beam[gcp]>=2.61.0,<2.62"],
         # python -m pipeline.kubeflow; kfp 2.14+ needs protobuf 6, which TensorFlow 2.16 cannot use.
         "kubeflow": ["kfp>=2.13,<2.14", "kfp-kubernetes>=1.5,<2"],
