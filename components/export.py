@@ -53,6 +53,9 @@ IMAGE_BYTES = "image_bytes"
 COLORIZED_BYTES = "colorized_bytes"
 L_INPUT = "l"
 AB_OUTPUT = "ab"
+PNG_COMPRESSION = 1
+"""zlib level of the returned PNGs: at 1024x768, level 1 encodes in 58 ms against 224 ms at the default (6),
+for files 8% larger; the encoding was a third of a request's time."""
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 """Where TF Serving looks for warmup requests, relative to the version dir."""
 
@@ -186,7 +189,7 @@ class ServingModule(tf.Module):
         l = tf.ensure_shape(tf.io.parse_tensor(l_serialized, tf.float32), [None, None, 1])
         ab = tf.image.resize(ab, tf.shape(l)[:2], method="bilinear", antialias=True)
         rgb = color.lab_to_rgb(tf.concat([l, ab], axis=-1))
-        return tf.io.encode_png(tf.cast(tf.round(rgb * 255.0), tf.uint8))
+        return tf.io.encode_png(tf.cast(tf.round(rgb * 255.0), tf.uint8), compression=PNG_COMPRESSION)
 
     def _serve(self, image_bytes):
         index = tf.range(tf.size(image_bytes, out_type=tf.int64), dtype=tf.int64)
