@@ -21,7 +21,7 @@ beat gray on PSNR and on the colourfulness gap (|pred - truth| smaller than
 gray's, whose colourfulness is 0), and be no worse than the last blessed model
 beyond a tolerance. Writes under --output_dir: metrics.json, blessing.json, an
 empty BLESSED or NOT_BLESSED marker, test_grid.png (the report's 50 test images
-as rows of gray | predicted | truth) and, with --historical_dir, each photo
+as rows of gray | predicted | truth, in columns of ten rows) and, with --historical_dir, each photo
 colorized at its own resolution as historical/<stem>.png. Exit status 0 whether
 or not the model is blessed; 2 for a mistake in the flags or inputs.
 """
@@ -47,6 +47,7 @@ BLESSING_FILE = "blessing.json"
 BLESSED_MARKER = "BLESSED"
 NOT_BLESSED_MARKER = "NOT_BLESSED"
 GRID_FILE = "test_grid.png"
+GRID_ROWS_PER_COLUMN = 10
 HISTORICAL_DIR = "historical"
 PREDICT_AB_SIGNATURE = "predict_ab"
 AUC_MAX_THRESHOLD = 150
@@ -469,6 +470,22 @@ def _write_json(path: str, value: dict) -> None:
         f.write("\n")
 
 
+def grid(rows: list[np.ndarray], rows_per_column: int = GRID_ROWS_PER_COLUMN) -> np.ndarray:
+    """gray | predicted | truth rows laid out top to bottom in columns of `rows_per_column`, left to right.
+
+    50 images at 224 make a 5 x 10 grid of 3360 x 2240 pixels instead of one strip 11,200 pixels tall;
+    cells past the last image stay white.
+    """
+    columns = -(-len(rows) // rows_per_column)
+    height = min(len(rows), rows_per_column)
+    row_h, row_w = rows[0].shape[:2]
+    canvas = np.full((height * row_h, columns * row_w, 3), 255, np.uint8)
+    for i, row in enumerate(rows):
+        column, r = divmod(i, rows_per_column)
+        canvas[r * row_h:(r + 1) * row_h, column * row_w:(column + 1) * row_w] = row
+    return canvas
+
+
 def evaluate(config: EvalConfig) -> EvalResult:
     """Stream the split once, compute the metrics of model, gray and baseline, bless, write every output.
 
@@ -547,7 +564,7 @@ def evaluate(config: EvalConfig) -> EvalResult:
     metrics_path = posixpath.join(out, METRICS_FILE)
     blessing_path = posixpath.join(out, BLESSING_FILE)
     grid_path = posixpath.join(out, GRID_FILE)
-    _write_png(grid_path, np.concatenate(grid_rows, axis=0))
+    _write_png(grid_path, grid(grid_rows))
     historical = []
     if config.historical_dir:
         historical = colorize_folder(

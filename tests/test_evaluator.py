@@ -225,6 +225,15 @@ def test_grid_has_a_gray_predicted_truth_row_per_image(evaluated, examples, mode
     assert np.abs(predicted.astype(int) - expected).max() <= 1
 
 
+def test_fifty_rows_make_a_grid_of_five_columns_of_ten():
+    rows = [np.full((4, 12, 3), i, np.uint8) for i in range(23)]  # 4 x 12: a 4-pixel gray | predicted | truth row
+    laid = evaluator.grid(rows)
+    assert laid.shape == (10 * 4, 3 * 12, 3)  # three columns of ten rows, the last holding three
+    assert (laid[4:8, :12] == 1).all() and (laid[0:4, 12:24] == 10).all() and (laid[8:12, 24:] == 22).all()
+    assert (laid[12:, 24:] == 255).all()  # past the last image: white
+    assert evaluator.grid(rows * 3)[:, :, 0].shape == (40, 12 * 7)  # 69 rows: seven columns
+
+
 def test_historical_photos_keep_their_resolution(evaluated):
     names = sorted(os.path.basename(p) for p in evaluated.historical)
     assert names == sorted(f"{stem}.png" for stem in HISTORICAL)  # the corrupt file is skipped
