@@ -18,10 +18,10 @@ Presets:
 - `quick` (default): the built-in synthetic set, 400 scenes of 80x80
   (about 320 train / 40 eval / 40 test after the split), Model 1 at width 0.5
   on 64x64 crops, two one-epoch tuning trials of 10 steps, then 12 epochs of
-  20 steps. Measured once on 2 CPU cores shared with other work: generate
-  1 s, ingest 8 s, validate 1 s, tune 27 s, train 87 s, evaluate 56 s, push
-  8 s, 189 s in all with start-up; the model scored 25.7 dB PSNR against gray's
-  15.3 and a colourfulness gap of -3.6 against gray's -86.0 on the test split
+  20 steps. Measured on 2 CPU cores from an empty output dir: 191 s in all
+  (generate 1 s, ingest 7 s, validate 1 s, tune 35 s, train 131 s, evaluate
+  3 s, push 9 s); the model scored 25.8 dB PSNR against gray's 15.3 and
+  colourfulness 81.1 against the truth's 86.0 on the 40 test images
   (blessed). A re-run comes from the cache in about a second.
 - `report-model1`: the report's Model 1 on LFW: stored 250x250 (LFW's own
   size, images under 250 dropped), random 224x224 crops, 1,920 images
