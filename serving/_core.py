@@ -24,7 +24,7 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
-from tensorflow_serving.apis import get_model_metadata_pb2, prediction_log_pb2
+from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving import _batching, _protos
@@ -294,6 +294,17 @@ class VersionState:
     state: str  # START | LOADING | AVAILABLE | UNLOADING | END, as ModelVersionStatus.State
     error_code: str = "OK"
     error_message: str = ""
+
+
+def status_response(states: dict[int, VersionState]) -> get_model_status_pb2.GetModelStatusResponse:
+    """ModelService's GetModelStatus answer (REST's status JSON is the same message) for version states."""
+    response = get_model_status_pb2.GetModelStatusResponse()
+    for version, state in states.items():
+        entry = response.model_version_status.add(version=version)
+        entry.state = get_model_status_pb2.ModelVersionStatus.State.Value(state.state)
+        entry.status.error_code = CODE_NUMBERS[state.error_code]
+        entry.status.error_message = state.error_message
+    return response
 
 
 class _Model:

@@ -89,14 +89,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest,  # noqa: N802
                        context: grpc.ServicerContext):
         try:
-            states = self.core.manager.status(*_spec(request.model_spec))
-            response = get_model_status_pb2.GetModelStatusResponse()
-            for version, state in states.items():
-                entry = response.model_version_status.add(version=version)
-                entry.state = get_model_status_pb2.ModelVersionStatus.State.Value(state.state)
-                entry.status.error_code = _core.CODE_NUMBERS[state.error_code]
-                entry.status.error_message = state.error_message
-            return response
+            return _core.status_response(self.core.manager.status(*_spec(request.model_spec)))
         except Exception as e:  # noqa: BLE001
             _abort(context, e, "GetModelStatus")
 

@@ -25,7 +25,6 @@ from typing import Any, Callable
 import numpy as np
 from google.protobuf import json_format
 from tensorflow.core.framework import types_pb2
-from tensorflow_serving.apis import get_model_status_pb2
 
 from serving import _core, _metrics
 
@@ -267,13 +266,7 @@ class RestApi:
 
 
 def status_json(states: dict[int, _core.VersionState]) -> dict[str, Any]:
-    response = get_model_status_pb2.GetModelStatusResponse()
-    for version, state in states.items():
-        entry = response.model_version_status.add(version=version)
-        entry.state = get_model_status_pb2.ModelVersionStatus.State.Value(state.state)
-        entry.status.error_code = _core.CODE_NUMBERS[state.error_code]
-        entry.status.error_message = state.error_message
-    return json_format.MessageToDict(response, preserving_proto_field_name=True, including_default_value_fields=True)
+    return json_format.MessageToDict(_core.status_response(states), preserving_proto_field_name=True, including_default_value_fields=True)
 
 
 def metadata_json(servable: _core.Servable) -> dict[str, Any]:
