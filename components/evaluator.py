@@ -90,7 +90,7 @@ class EvalConfig:
     output_dir: str
     baseline_model: str | None = None
     baseline_optional: bool = False
-    """When baseline_model does not exist yet (nothing blessed so far), measure against gray only."""
+    """When baseline_model holds no model yet (nothing blessed so far), measure against gray only."""
     split: str = "test"
     image_size: int | None = None
     batch_size: int = 16
@@ -126,6 +126,12 @@ class EvalResult:
     blessing_path: str
     grid_path: str
     historical: list[str]
+    checks: list[dict] = dataclasses.field(default_factory=list)
+    """The blessing's checks, as in blessing.json: {"name", "passed", "detail"}."""
+
+    @property
+    def failed_checks(self) -> list[str]:
+        return [c["name"] for c in self.checks if not c["passed"]]
 
 
 # ---------------------------------------------------------------- predictors
@@ -187,8 +193,8 @@ def _load_keras(path: str) -> Predictor:
     return Predictor(path, size, predict, keep_alive=model)
 
 
-def _saved_model_dir(path: str) -> str:
-    """A SavedModel version dir: `path` itself, or the highest integer version under a model base path."""
+def _find_saved_model(path: str) -> str | None:
+    """`path` itself if it is a SavedModel dir, else the highest integer version under it; None when neither."""
     if tf.io.gfile.exists(posixpath.join(path, "saved_model.pb")):
         return path
     versions = sorted(
@@ -198,6 +204,21 @@ def _saved_model_dir(path: str) -> str:
         candidate = posixpath.join(path, str(version))
         if tf.io.gfile.exists(posixpath.join(candidate, "saved_model.pb")):
             return candidate
+    return None
+
+
+def _has_model(path: str) -> bool:
+    """Whether `path` holds something to load: a file, a SavedModel dir, or a model base path with a version."""
+    if not tf.io.gfile.exists(path):
+        return False
+    return not tf.io.gfile.isdir(path) or _find_saved_model(path) is not None
+
+
+def _saved_model_dir(path: str) -> str:
+    """A SavedModel version dir: `path` itself, or the highest integer version under a model base path."""
+    found = _find_saved_model(path)
+    if found is not None:
+        return found
     raise EvaluationError(
         f"{path} is neither a SavedModel dir (no saved_model.pb) nor a model base path with version dirs; "
         "pass a .keras file or a serving version dir such as serving/colorizer/1."
@@ -499,7 +520,7 @@ def evaluate(config: EvalConfig) -> EvalResult:
             f"image size {size} is under {MIN_IMAGE_SIZE} (SSIM's window); pass a larger --image_size."
         )
     baseline = None
-    if config.baseline_model and config.baseline_optional and not tf.io.gfile.exists(config.baseline_model):
+    if config.baseline_model and config.baseline_optional and not _has_model(config.baseline_model):
         print(f"evaluator: no baseline model at {config.baseline_model} yet; measuring against gray only",
               flush=True)
         config = dataclasses.replace(config, baseline_model=None)
@@ -583,7 +604,7 @@ def evaluate(config: EvalConfig) -> EvalResult:
         tf.io.gfile.remove(posixpath.join(out, stale))
     with tf.io.gfile.GFile(posixpath.join(out, marker), "w") as f:
         f.write("")  # GFile creates the file on the first write
-    return EvalResult(blessed, _json_safe(metrics), metrics_path, blessing_path, grid_path, historical)
+    return EvalResult(blessed, _json_safe(metrics), metrics_path, blessing_path, grid_path, historical, checks)
 
 
 # ---------------------------------------------------------------- CLI
@@ -602,7 +623,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline_model",
                    help="the last blessed model: a .keras file or a serving SavedModel version dir (predict_ab)")
     p.add_argument("--baseline_optional", action="store_true",
-                   help="when --baseline_model does not exist yet (the first push), measure against gray only")
+                   help="when --baseline_model holds no model yet (before the first push), measure against gray only")
     p.add_argument("--historical_dir", help="a folder of black-and-white photos to colorize at their own resolution")
     p.add_argument("--split", default="test", help="split to measure (default test)")
     p.add_argument("--image_size", type=int, help="evaluation crop side (default: the model's input size)")
@@ -643,9 +664,7 @@ def main(argv: list[str] | None = None) -> int:
     if result.historical:
         written.append(f"{len(result.historical)} photos in {posixpath.dirname(result.historical[0])}")
     print(f"evaluator: wrote {', '.join(written)}")
-    with tf.io.gfile.GFile(result.blessing_path) as f:
-        failed = [c["name"] for c in json.load(f)["checks"] if not c["passed"]]
-    verdict = "BLESSED" if result.blessed else f"NOT BLESSED (failed: {', '.join(failed)})"
+    verdict = "BLESSED" if result.blessed else f"NOT BLESSED (failed: {', '.join(result.failed_checks)})"
     print(f"evaluator: model is {verdict}", flush=True)
     return 0
 

@@ -480,20 +480,6 @@ def _evaluate_cli(config: Any, paths: Paths, beam_args: Sequence[str]) -> list[s
             *[arg for k, v in dataclasses.asdict(e.thresholds).items() for arg in (f"--{k}", str(v))]]
 
 
-def latest_served_model(serving_dir: str, model_name: str) -> Optional[str]:
-    """The model base path <serving_dir>/<model_name> when it holds a version, else None (no baseline yet)."""
-    import tensorflow as tf
-
-    base = f"{serving_dir.rstrip('/')}/{model_name}"
-    if not tf.io.gfile.isdir(base):
-        return None
-    for name in tf.io.gfile.listdir(base):
-        name = name.rstrip("/")
-        if name.isdigit() and tf.io.gfile.exists(f"{base}/{name}/saved_model.pb"):
-            return base
-    return None
-
-
 _SHOWN_METRICS = ("psnr", "ssim", "ab_mse", "colorfulness", "colorfulness_truth", "colorfulness_diff", "auc")
 
 
@@ -501,17 +487,17 @@ def _run_evaluate(ctx: StageContext) -> dict:
     from components import evaluator
 
     e, config = ctx.config.evaluate, ctx.config
-    baseline = latest_served_model(config.serving_dir, config.push.model_name)
+    last_blessed = f"{config.serving_dir.rstrip('/')}/{config.push.model_name}"  # pushed versions live here
     with user_errors(evaluator.EvaluationError):
         result = evaluator.evaluate(evaluator.EvalConfig(
             model=ctx.inputs["train"]["model"], examples=ctx.input_dir("ingest"), output_dir=ctx.output_dir,
-            baseline_model=baseline, split=e.split, max_images=e.max_images, grid_images=e.grid_images,
+            baseline_model=last_blessed, baseline_optional=True, split=e.split, max_images=e.max_images, grid_images=e.grid_images,
             historical_dir=e.historical_dir, thresholds=evaluator.Thresholds(**dataclasses.asdict(e.thresholds)),
         ))
     ctx.output("metrics", result.metrics_path)
     ctx.output("blessing", result.blessing_path)
     ctx.output("grid", result.grid_path)
-    failed = [c["name"] for c in json.loads(mf.read_text(result.blessing_path))["checks"] if not c["passed"]]
+    failed = result.failed_checks
     m = result.metrics
     shown = {name: ({k: m[name][k] for k in _SHOWN_METRICS if k in m[name]} if m[name] else None)
              for name in ("model", "gray", "baseline")}
@@ -519,7 +505,8 @@ def _run_evaluate(ctx: StageContext) -> dict:
           f"{shown['gray']['psnr']:.2f} dB; colorfulness diff model {shown['model']['colorfulness_diff']:.2f} vs gray "
           f"{shown['gray']['colorfulness_diff']:.2f}; "
           f"{'BLESSED' if result.blessed else 'NOT BLESSED (failed: ' + ', '.join(failed) + ')'}", flush=True)
-    return {"blessed": result.blessed, "failed_checks": failed, "images": m["images"], "baseline_model": baseline,
+    return {"blessed": result.blessed, "failed_checks": failed, "images": m["images"],
+            "baseline_model": m["baseline_model"],
             **shown}
 
 
