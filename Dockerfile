@@ -27,6 +27,6 @@ COPY pipeline/ pipeline/
 COPY serving/ serving/
 RUN pip install --no-deps -c constraints.txt . && rm -rf build *.egg-info
 
-# Keras looks for ImageNet weights (Model 2's backbone) here; mount or copy them in, nothing is downloaded.
+# Keras looks for ImageNet weights (Model 2's backbone) here; it fetches them when the cluster has network, else mount or copy them in.
 ENV KERAS_HOME=/root/.keras
 CMD ["python", "-m", "pipeline.run", "--help"]

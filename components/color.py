@@ -28,6 +28,40 @@ def lab_to_rgb(lab):
     return tf.clip_by_value(rgb, 0.0, 1.0)
 
 
+# ---------------------------------------------------------------- the colorization recipe
+# The model sees L resized to its training side S; its ab is upsampled to the image's H x W and joined with the
+# full-resolution L. Written once here for the serving graph (components.export, per image inside tf.map_fn,
+# the model called on the whole batch in between) and the evaluator's historical photos (colorize, one image).
+# Only stock TensorFlow ops (tensorflow-io's colour ops are plain TF Python), so the SavedModel stays loadable
+# by stock tensorflow_model_server.
+
+
+def colorize_inputs(rgb, size: int):
+    """RGB [H, W, 3] (uint8 or float 0..255) -> (L [H, W, 1] at full resolution, L [size, size, 1] for the model)."""
+    import tensorflow as tf
+
+    l = rgb_to_lab(tf.cast(rgb, tf.float32) / 255.0)[..., :1]
+    return l, tf.image.resize(l, [size, size], method="bilinear", antialias=True)
+
+
+def colorize_output(l, ab):
+    """Full-resolution L [H, W, 1] + the model's ab [S, S, 2] (LAB units) -> uint8 RGB [H, W, 3]."""
+    import tensorflow as tf
+
+    ab = tf.image.resize(ab, tf.shape(l)[:2], method="bilinear", antialias=True)
+    rgb = lab_to_rgb(tf.concat([l, ab], axis=-1))
+    return tf.cast(tf.round(rgb * 255.0), tf.uint8)
+
+
+def colorize(rgb, predict_ab, size: int):
+    """Colorize one image at its own resolution: RGB [H, W, 3] -> uint8 RGB [H, W, 3].
+
+    `predict_ab` maps an L batch [B, size, size, 1] (0..100) to ab [B, size, size, 2] in LAB units.
+    """
+    l, l_small = colorize_inputs(rgb, size)
+    return colorize_output(l, predict_ab(l_small[None])[0])
+
+
 def colorfulness(rgb: np.ndarray) -> float:
     """Hasler and Suesstrunk (2003) colourfulness of a uint8 RGB image.
 

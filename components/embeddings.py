@@ -42,9 +42,7 @@ import hashlib
 import json
 import logging
 import os
-import posixpath
 import sys
-import tempfile
 from typing import Any, Iterable, Sequence
 
 import apache_beam as beam
@@ -54,6 +52,9 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from components import settings
+from components.hparams import BACKBONES
+from components.settings import artifact, setting
 from schemas.artifacts import AB_HISTOGRAM_FILE, EXAMPLES_DIR, SCHEMA_FILE, STATISTICS_FILE
 
 EMBEDDINGS_FILE = "embeddings.json"
@@ -78,8 +79,9 @@ class EmbeddingsError(Exception):
 class BackboneSpec:
     """Which frozen classifier makes the vectors; plain values so it pickles to any runner.
 
-    weights: "imagenet" (Keras cache), a .h5 path (local or any Beam
-    FileSystem, e.g. gs://) or None (random, seeded with RANDOM_BACKBONE_SEED).
+    weights: what models.resolve_backbone_weights takes ("imagenet", a .h5
+    path, local or remote such as gs://), resolved again on each worker, or
+    None (random, seeded with RANDOM_BACKBONE_SEED).
     """
 
     backbone: str
@@ -130,26 +132,6 @@ def split_of(filename: str, examples_dir: str) -> str:
 # ---------------------------------------------------------------- the backbone
 
 
-_local_copies: dict[str, str] = {}
-
-
-def local_weights(weights: str | None) -> str | None:
-    """A weights file Keras can open: remote paths (gs://...) are copied once per process to a temp dir."""
-    if weights is None or weights == "imagenet" or "://" not in weights:
-        return weights
-    if weights not in _local_copies:
-        if not FileSystems.exists(weights):
-            raise FileNotFoundError(
-                f"Backbone weights file {weights} does not exist; pass --backbone_weights PATH of a .h5 file."
-            )
-        local = os.path.join(tempfile.mkdtemp(prefix="backbone_weights_"), posixpath.basename(weights))
-        with FileSystems.open(weights) as src, open(local, "wb") as dst:
-            while chunk := src.read(1 << 24):
-                dst.write(chunk)
-        _local_copies[weights] = local
-    return _local_copies[weights]
-
-
 def load_backbone(spec: BackboneSpec):
     """Model 2's backbone (L [B, S, S, 1] -> [B, 1000]) through models.build_model2_parts.
 
@@ -163,7 +145,7 @@ def load_backbone(spec: BackboneSpec):
 
     if spec.weights is None:
         keras.utils.set_random_seed(RANDOM_BACKBONE_SEED)
-    return models.build_model2_parts(spec.image_size, _HEAD_WIDTH, spec.backbone, local_weights(spec.weights)).backbone
+    return models.build_model2_parts(spec.image_size, _HEAD_WIDTH, spec.backbone, spec.weights).backbone
 
 
 def fingerprint(model) -> str:
@@ -287,16 +269,23 @@ class EmbedExamples(beam.PTransform):
 
 @dataclasses.dataclass(frozen=True)
 class EmbeddingsConfig:
-    """The job's arguments, checked by run_embeddings."""
+    """The job's arguments (its flags, derived by components.settings), checked by run_embeddings."""
 
-    examples: str
-    output_dir: str
-    backbone: str = "inception_resnet_v2"
-    backbone_weights: str | None = "imagenet"
-    allow_random_backbone: bool = False
-    image_size: int = 224
-    batch_size: int = 32
-    overwrite: bool = False
+    examples: str = artifact("input", "example_gen's --output_dir (reads its examples/<split>/)")
+    output_dir: str = artifact(
+        "output", "where the embedded examples/, a copy of statistics/ and schema/, and embeddings.json go"
+    )
+    backbone: str = setting("inception_resnet_v2", "Model 2's classifier (the report's is inception_resnet_v2); "
+                            "the trainer's must match", choices=BACKBONES)
+    backbone_weights: str = setting(
+        "imagenet", "imagenet (the Keras cache, downloaded through Keras when missing) | a .h5 path (local or "
+        "gs://) | none (random, seeded)"
+    )
+    allow_random_backbone: bool = setting(False, "if the weights are missing, use a random seeded backbone "
+                                          "instead of failing")
+    image_size: int = setting(224, "side of the centre crop the backbone sees: the trainer's --image_size")
+    batch_size: int = setting(32, "images per backbone call")
+    overwrite: bool = setting(False, "replace examples already in --output_dir")
 
 
 def _split_files(examples_dir: str) -> dict[str, list[str]]:
@@ -359,23 +348,19 @@ def _stored_size(examples: str) -> int | None:
 
 
 def resolve_backbone(config: EmbeddingsConfig) -> tuple[BackboneSpec, str]:
-    """(spec, fingerprint) of the backbone this run uses; MissingWeightsError unless a random one is allowed."""
+    """(spec, fingerprint) of the backbone this run uses, by models.resolve_backbone_weights; MissingWeightsError
+    unless a random one is allowed."""
     from components import models
 
     if config.backbone not in models.BACKBONES:
         raise EmbeddingsError(f"unknown --backbone {config.backbone!r}; choose one of {', '.join(models.BACKBONES)}.")
-    weights = config.backbone_weights
-    if weights is not None and weights.lower() == "none":
-        weights = None
-    spec = BackboneSpec(config.backbone, weights, config.image_size)
     try:
-        try:
-            model = load_backbone(spec)
-        except models.MissingWeightsError:
-            if not config.allow_random_backbone:
-                raise
-            spec = dataclasses.replace(spec, weights=None)
-            model = load_backbone(spec)
+        path = models.resolve_backbone_weights(
+            config.backbone, config.backbone_weights, allow_random_backbone=config.allow_random_backbone
+        )
+        spec = BackboneSpec(config.backbone, None if path is None else config.backbone_weights.strip(),
+                            config.image_size)
+        model = load_backbone(spec)
     except (ValueError, FileNotFoundError) as e:
         raise EmbeddingsError(str(e)) from None
     if spec.weights is None:
@@ -466,26 +451,11 @@ def format_summary(summary: dict, output_dir: str) -> str:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m components.embeddings",
+    return settings.parser(
+        EmbeddingsConfig, prog="python -m components.embeddings",
         description="Add Model 2's frozen-backbone embedding to every record example_gen wrote, with Beam's "
         "RunInference. Unknown flags (--runner, --direct_num_workers, --project, ...) go to Beam.",
     )
-    parser.add_argument("--examples", required=True, help="example_gen's --output_dir (reads its examples/<split>/).")
-    parser.add_argument("--output_dir", required=True,
-                        help="Where the embedded examples/, a copy of statistics/ and schema/, and embeddings.json go.")
-    parser.add_argument("--backbone", default="inception_resnet_v2",
-                        help="inception_resnet_v2 (default, the report's) or mobilenet_v2; the trainer's must match.")
-    parser.add_argument("--backbone_weights", default="imagenet",
-                        help="imagenet (default, from the Keras cache; never downloaded), a .h5 path (local or "
-                        "gs://), or none (random, seeded).")
-    parser.add_argument("--allow_random_backbone", action="store_true",
-                        help="If the weights are missing, use a random seeded backbone instead of failing.")
-    parser.add_argument("--image_size", type=int, default=224,
-                        help="Side of the centre crop the backbone sees: the trainer's --image_size (default 224).")
-    parser.add_argument("--batch_size", type=int, default=32, help="Images per backbone call (default 32).")
-    parser.add_argument("--overwrite", action="store_true", help="Replace examples already in --output_dir.")
-    return parser
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -493,15 +463,8 @@ def run(argv: list[str] | None = None) -> int:
     from components.models import MissingWeightsError
 
     args, beam_args = _build_parser().parse_known_args(argv)
-    config = EmbeddingsConfig(
-        examples=args.examples.rstrip("/"),
-        output_dir=args.output_dir.rstrip("/"),
-        backbone=args.backbone,
-        backbone_weights=args.backbone_weights,
-        allow_random_backbone=args.allow_random_backbone,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        overwrite=args.overwrite,
+    config = settings.from_args(
+        EmbeddingsConfig, args, examples=args.examples.rstrip("/"), output_dir=args.output_dir.rstrip("/")
     )
     try:
         summary = run_embeddings(config, beam_args)

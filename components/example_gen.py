@@ -48,12 +48,12 @@ from schemas.artifacts import (
     AB_HISTOGRAM_FILE,
     DUPLICATES_FILE,
     EXAMPLES_DIR,
+    IMAGE_EXTENSIONS,
     REJECTED_FILE,
     SCHEMA_FILE,
     STATISTICS_FILE,
 )
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 SPLITS_DEFAULT = "train=80,eval=10,test=10"
 AB_BIN = 4  # width, in quantised a/b units, of the 2-D ab histogram's bins
 _NAMESPACE = "example_gen"

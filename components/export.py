@@ -39,25 +39,24 @@ import numpy as np
 import tensorflow as tf
 
 from components import color
-from components.loader import AB_SCALE
+from schemas import AB_SCALE
+from schemas.serving import (  # noqa: F401  the serving contract, re-exported: export.SERVING_SIGNATURE, ...
+    AB_OUTPUT,
+    COLORIZED_BYTES,
+    IMAGE_BYTES,
+    L_INPUT,
+    MAX_PIXELS,
+    PREDICT_AB_SIGNATURE,
+    SERVING_SIGNATURE,
+    WARMUP_FILE,
+)
 
 if TYPE_CHECKING:
     import keras
 
-MAX_PIXELS = 50_000_000
-"""Largest image `serving_default` accepts (8000 x 6000 = 48 MP passes): a bound on one request's memory."""
-
-SERVING_SIGNATURE = "serving_default"
-PREDICT_AB_SIGNATURE = "predict_ab"
-IMAGE_BYTES = "image_bytes"
-COLORIZED_BYTES = "colorized_bytes"
-L_INPUT = "l"
-AB_OUTPUT = "ab"
 PNG_COMPRESSION = 1
 """zlib level of the returned PNGs: at 1024x768, level 1 encodes in 58 ms against 224 ms at the default (6),
 for files 8% larger; the encoding was a third of a request's time."""
-WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
-"""Where TF Serving looks for warmup requests, relative to the version dir."""
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _HEADER_PAD = b"\0" * 32
@@ -178,18 +177,14 @@ class ServingModule(tf.Module):
         """One encoded image -> (L at S x S for the model, the full-resolution L serialized)."""
         data, index = args
         rgb = decode_rgb(data, index, self.max_pixels)
-        l = color.rgb_to_lab(tf.cast(rgb, tf.float32) / 255.0)[..., :1]
-        size = [self.image_size, self.image_size]
-        l_small = tf.image.resize(l, size, method="bilinear", antialias=True)
+        l, l_small = color.colorize_inputs(rgb, self.image_size)
         return l_small, tf.io.serialize_tensor(l)
 
     def _compose(self, args):
         """Full-resolution L + the model's ab at S x S -> PNG of the colorized image at the input's size."""
         l_serialized, ab = args
         l = tf.ensure_shape(tf.io.parse_tensor(l_serialized, tf.float32), [None, None, 1])
-        ab = tf.image.resize(ab, tf.shape(l)[:2], method="bilinear", antialias=True)
-        rgb = color.lab_to_rgb(tf.concat([l, ab], axis=-1))
-        return tf.io.encode_png(tf.cast(tf.round(rgb * 255.0), tf.uint8), compression=PNG_COMPRESSION)
+        return tf.io.encode_png(color.colorize_output(l, ab), compression=PNG_COMPRESSION)
 
     def _serve(self, image_bytes):
         index = tf.range(tf.size(image_bytes, out_type=tf.int64), dtype=tf.int64)

@@ -9,6 +9,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+FAMILIES = ("model1", "model2")
+BACKBONES = ("inception_resnet_v2", "mobilenet_v2")
+LOSSES = ("mse", "huber")
+"""The model families, Model 2's backbones and the losses (components.models builds them); here so a config
+can name its choices without importing Keras."""
+
 # The report: Model 1, Adam at Keras's default rate, MSE, batch 48.
 DEFAULTS: dict[str, Any] = {
     "family": "model1",
@@ -21,10 +27,10 @@ DEFAULTS: dict[str, Any] = {
 
 # name -> (kind, choices or (min, max, sampling)); read by define_search_space.
 SEARCH_SPACE: dict[str, tuple] = {
-    "family": ("choice", ("model1", "model2")),
+    "family": ("choice", FAMILIES),
     "width": ("choice", (0.5, 1.0)),
-    "backbone": ("choice", ("inception_resnet_v2", "mobilenet_v2")),
-    "loss": ("choice", ("mse", "huber")),
+    "backbone": ("choice", BACKBONES),
+    "loss": ("choice", LOSSES),
     "learning_rate": ("float", (1e-4, 3e-3, "log")),
     "batch_size": ("choice", (16, 32, 48)),
 }

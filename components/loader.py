@@ -30,10 +30,15 @@ import numpy as np
 import tensorflow as tf
 
 import schemas
-from schemas import EMBEDDING_KEY, EXAMPLES_DIR, HEIGHT_KEY, IMAGE_KEY, STATISTICS_FILE, WIDTH_KEY
-
-AB_SCALE = 128.0
-"""The report's target: a and b divided by this, so a tanh output covers them."""
+from schemas import (  # AB_SCALE, the report's target scale, stays importable as loader.AB_SCALE
+    AB_SCALE,
+    EMBEDDING_KEY,
+    EXAMPLES_DIR,
+    HEIGHT_KEY,
+    IMAGE_KEY,
+    STATISTICS_FILE,
+    WIDTH_KEY,
+)
 
 _AUTOTUNE = tf.data.AUTOTUNE
 _FILE_GLOB = "*.tfrecord*"

@@ -11,9 +11,12 @@ into a `backbone` (L -> embedding) and a `head` ({"l", "embedding"} -> ab)
 that shares every trainable layer with the end-to-end model: training the
 head on precomputed embeddings trains the end-to-end model.
 
-Backbone weights never download: "imagenet" is read from the Keras cache
-(`$KERAS_HOME/models/` or `~/.keras/models/`) or refused with
-`MissingWeightsError`; a local .h5 path is loaded as given.
+Model 2's backbone weights follow one rule, `resolve_backbone_weights`, which
+the trainer, the tuner and the embeddings job all use: "imagenet" is read from
+the Keras cache (`$KERAS_HOME/models/` or `~/.keras/models/`) and, when it is
+not there, fetched through Keras with a short network timeout, else refused
+with `MissingWeightsError`; a .h5 path (local, or gs:// and other remote paths
+TensorFlow can read) is loaded as given; "none" builds a random backbone.
 
     from components import models
     model = models.compile_model(models.build_model("model1", 224), loss="mse")
@@ -26,14 +29,19 @@ import logging
 import math
 import numbers
 import os
+import posixpath
+import socket
+import tempfile
 from typing import Callable, NamedTuple
 
 import keras
+from components.hparams import BACKBONES, FAMILIES, LOSSES
+from components.settings import NONE
 from schemas import EMBEDDING_SIZE
 
-FAMILIES = ("model1", "model2")
-BACKBONES = ("inception_resnet_v2", "mobilenet_v2")
-LOSSES = ("mse", "huber")
+IMAGENET = "imagenet"
+FETCH_TIMEOUT_S = 20.0
+"""Seconds each network operation of fetching ImageNet weights may block (socket default timeout)."""
 HUBER_DELTA = 0.1
 """In ab/128 units (about 13 ab): Keras's default 1.0 exceeds almost every error on ab/128, making it plain MSE/2."""
 
@@ -58,6 +66,8 @@ class _Backbone:
     application: Callable[..., keras.Model]
     weights_file: str
     weights_url: str
+    weights_hash: str | None = None
+    """The file's hash as the Keras application checks it (None where Keras checks none)."""
 
 
 _BACKBONES = {
@@ -66,6 +76,7 @@ _BACKBONES = {
         application=keras.applications.InceptionResNetV2,
         weights_file="inception_resnet_v2_weights_tf_dim_ordering_tf_kernels.h5",
         weights_url="https://storage.googleapis.com/tensorflow/keras-applications/inception_resnet_v2/",
+        weights_hash="e693bd0210a403b3192acc6073ad2e96",
     ),
     "mobilenet_v2": _Backbone(
         size=224,
@@ -140,22 +151,88 @@ def _weights_dir() -> str:
     return os.path.join(os.path.expanduser(home), "models")
 
 
-def backbone_weights_path(backbone: str, weights: str | os.PathLike) -> str:
-    """The local file to load for `weights` ("imagenet" or a path); raises rather than download."""
+def backbone_weights_path(backbone: str) -> str:
+    """Where the Keras cache keeps `backbone`'s ImageNet weights (the file may be absent)."""
+    return os.path.join(_weights_dir(), _BACKBONES[backbone].weights_file)
+
+
+def fetch_imagenet_weights(backbone: str) -> str:
+    """Download `backbone`'s ImageNet weights into the Keras cache through Keras, from the URL the Keras
+    application uses, each network operation limited to FETCH_TIMEOUT_S seconds; returns the file's path."""
     spec = _BACKBONES[backbone]
-    weights = os.fspath(weights)
-    if weights == "imagenet":
-        folder = _weights_dir()
-        path = os.path.join(folder, spec.weights_file)
-        if not os.path.isfile(path):
-            raise MissingWeightsError(
-                f"ImageNet weights for {backbone} are not in the Keras cache ({path} is missing): download "
-                f"{spec.weights_url}{spec.weights_file} into {folder}/ on a machine with network access, "
-                f"or pass --backbone_weights PATH to a local copy."
-            )
-        return path
+    folder = _weights_dir()
+    os.makedirs(folder, exist_ok=True)  # else Keras falls back to /tmp/.keras for a cache dir that does not exist
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(FETCH_TIMEOUT_S)
+    try:
+        return keras.utils.get_file(
+            spec.weights_file, spec.weights_url + spec.weights_file, file_hash=spec.weights_hash,
+            cache_subdir=os.path.basename(folder), cache_dir=os.path.dirname(folder),
+        )
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+_remote_copies: dict[str, str] = {}
+
+
+def _local_copy(path: str) -> str:
+    """A remote weights file (gs://...) copied once per process to a local temp file Keras can open."""
+    if path not in _remote_copies:
+        import tensorflow as tf
+
+        if not tf.io.gfile.exists(path):
+            raise FileNotFoundError(f"Backbone weights file {path} does not exist; pass the path of a .h5 file.")
+        local = os.path.join(tempfile.mkdtemp(prefix="backbone_weights_"), posixpath.basename(path))
+        tf.io.gfile.copy(path, local, overwrite=True)
+        _remote_copies[path] = local
+    return _remote_copies[path]
+
+
+def is_random(weights: str | os.PathLike | None) -> bool:
+    """Whether `weights` asks for a random backbone: "none" (any case), or None from Python callers."""
+    return weights is None or os.fspath(weights).strip().lower() == NONE
+
+
+def resolve_backbone_weights(
+    backbone: str, weights: str | os.PathLike | None = IMAGENET, *, allow_random_backbone: bool = False
+) -> str | None:
+    """The one backbone-weights rule: the local .h5 file to load for Model 2's `backbone`, or None (random).
+
+    `weights` is "imagenet" (the Keras cache; when missing, fetched through
+    Keras with a FETCH_TIMEOUT_S timeout, else MissingWeightsError), a .h5
+    path (a remote one is copied locally first), or "none" (a random backbone).
+    With `allow_random_backbone`, missing ImageNet weights give None (random)
+    instead of MissingWeightsError. Raises ValueError for anything else and
+    FileNotFoundError for a .h5 path that does not exist.
+    """
+    _check_choice("backbone", backbone, BACKBONES)
+    if is_random(weights):
+        return None
+    spec = _BACKBONES[backbone]
+    weights = os.fspath(weights).strip()
+    if weights.lower() == IMAGENET:
+        path = backbone_weights_path(backbone)
+        if os.path.isfile(path):
+            return path
+        try:
+            fetched = fetch_imagenet_weights(backbone)
+            if os.path.isfile(fetched):
+                return fetched
+        except Exception as e:  # noqa: BLE001 - Keras raises plain Exception for a failed download
+            _log.debug("fetching ImageNet weights for %s failed: %s", backbone, e)
+        if allow_random_backbone:
+            _log.warning("ImageNet weights for %s are missing and could not be downloaded; allow_random_backbone "
+                         "builds a randomly initialised backbone.", backbone)
+            return None
+        raise MissingWeightsError(
+            f"ImageNet weights for {backbone} are not in the Keras cache and could not be downloaded (offline?); "
+            f"put {spec.weights_file} in {os.path.dirname(path)}/ or pass --backbone_weights PATH of a local .h5 copy."
+        )
     if not weights.endswith((".h5", ".hdf5")):
-        raise ValueError(f"Backbone weights must be None, 'imagenet' or a .h5/.weights.h5 file, got {weights!r}.")
+        raise ValueError(f"Backbone weights must be imagenet, none or a .h5/.weights.h5 file, got {weights!r}.")
+    if "://" in weights:
+        return _local_copy(weights)
     if not os.path.isfile(weights):
         raise FileNotFoundError(
             f"Backbone weights file {weights} does not exist; pass the path of a local {spec.weights_file} "
@@ -167,7 +244,7 @@ def backbone_weights_path(backbone: str, weights: str | os.PathLike) -> str:
 def _frozen_classifier(backbone: str, weights: str | None) -> keras.Model:
     """The Keras application with its 1000-class top, weights loaded from disk only, frozen."""
     spec = _BACKBONES[backbone]
-    path = None if weights is None else backbone_weights_path(backbone, weights)
+    path = resolve_backbone_weights(backbone, weights)
     net = spec.application(
         include_top=True, weights=None, input_shape=(spec.size, spec.size, 3), classes=EMBEDDING_SIZE
     )
@@ -221,12 +298,13 @@ def build_model2_parts(
 ) -> Model2Parts:
     """The report's Model 2 (7,075,922 trainable parameters at 224) and its backbone/head split.
 
-    `weights`: None (random backbone: not the report's model, a warning is
-    logged), "imagenet" (from the Keras cache only) or a local .h5 path.
+    `weights`: as resolve_backbone_weights takes it: "none" or None (random
+    backbone: not the report's model, a warning is logged), "imagenet" (the
+    Keras cache, fetched when missing) or a .h5 path.
     """
     _check_size_and_width(image_size, width)
     _check_choice("backbone", backbone, BACKBONES)
-    if weights is None:
+    if is_random(weights):
         _log.warning(
             "Model 2 is built with a randomly initialised %s: its embeddings carry no ImageNet meaning, "
             "so this is not the report's Model 2.", backbone,

@@ -92,12 +92,14 @@ class _Tally(beam.CombineFn):
 
 
 def run_validation(output_dir: str, beam_args: list[str], *, sample_rate: float = 1.0,
-                   stored_size: int | None = None) -> dict:
-    """Check the records under output_dir/examples; write anomalies.json; raise ValidationError on anomalies."""
+                   stored_size: int | None = None, report_dir: str | None = None) -> dict:
+    """Check the records under output_dir/examples; write report_dir/anomalies.json (default: output_dir, the
+    examples' own dir); raise ValidationError on anomalies."""
     if not 0.0 < sample_rate <= 1.0:
         raise ValidationError(f"the sample rate must be in (0, 1], got {sample_rate}.")
     examples_dir = FileSystems.join(output_dir, EXAMPLES_DIR)
     statistics_path = FileSystems.join(output_dir, STATISTICS_FILE)
+    report_dir = report_dir or output_dir
     if not FileSystems.exists(statistics_path):
         raise ValidationError(f"{statistics_path} does not exist; run example_gen on {output_dir} first.")
     with FileSystems.open(statistics_path) as f:
@@ -113,17 +115,17 @@ def run_validation(output_dir: str, beam_args: list[str], *, sample_rate: float 
         | "ReadRecords" >> beam.io.ReadAllFromTFRecord(with_filename=True)
         | "CheckRecords" >> beam.ParDo(CheckRecords(examples_dir, sample_rate, stored_size))
         | "Tally" >> beam.CombineGlobally(_Tally())
-        | "WriteAnomalies" >> beam.Map(_write_report, output_dir, expected, sample_rate)
+        | "WriteAnomalies" >> beam.Map(_write_report, report_dir, expected, sample_rate)
     )
     pipeline.run().wait_until_finish()
-    with FileSystems.open(FileSystems.join(output_dir, ANOMALIES_FILE)) as f:
+    with FileSystems.open(FileSystems.join(report_dir, ANOMALIES_FILE)) as f:
         report = json.loads(f.read().decode("utf-8"))
     if report["anomalies"]:
         first = report["anomalies"][0]
         raise ValidationError(
             f"{len(report['anomalies'])} kinds of schema anomaly in the written records, e.g. "
             f"'{first['problem']}' ({first['count']} records, first in {first['files'][0] if first['files'] else '?'}); "
-            f"see {FileSystems.join(output_dir, ANOMALIES_FILE)}."
+            f"see {FileSystems.join(report_dir, ANOMALIES_FILE)}."
         )
     return report
 
@@ -166,13 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--output_dir", required=True, help="example_gen's --output_dir.")
     parser.add_argument("--sample_rate", type=float, default=1.0, help="Fraction of records to check (default 1).")
+    parser.add_argument("--report_dir", help="Where anomalies.json goes (default: --output_dir).")
     args, beam_args = parser.parse_known_args(argv)
     try:
-        report = run_validation(args.output_dir, beam_args, sample_rate=args.sample_rate)
+        report = run_validation(args.output_dir, beam_args, sample_rate=args.sample_rate, report_dir=args.report_dir)
     except ValidationError as e:
         print(f"validator: {e}", file=sys.stderr)
         return 2
-    print(format_report(report, args.output_dir))
+    print(format_report(report, args.report_dir or args.output_dir))
     return 0
 
 

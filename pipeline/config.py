@@ -1,5 +1,11 @@
 """The pipeline's one typed config: nested dataclasses, presets, YAML and `--set key=value` overrides.
 
+The train, tune, evaluate and push sections are the components' own config
+dataclasses (components.settings): their defaults are the components'
+defaults, declared once, and a preset only overrides. A key the pipeline
+wires (an artifact path, or a value linked to another key such as
+tune.image_size, which follows train.image_size) is not settable.
+
 Precedence, lowest first: the preset, `--config FILE` (YAML, the same nesting
 as the dataclasses), `--set key=value` (dotted keys, values coerced to the
 field's type, `none` for an optional field), then the dedicated flags
@@ -23,8 +29,9 @@ Presets:
   3 s, push 9 s); the model scored 25.8 dB PSNR against gray's 15.3 and
   colourfulness 81.1 against the truth's 86.0 on the 40 test images
   (blessed). A re-run comes from the cache in about a second.
-- `report-model1`: the report's Model 1 on LFW: stored 250x250 (LFW's own
-  size, images under 250 dropped), random 224x224 crops, 1,920 images
+- `report-model1`: the report's Model 1 on LFW, otherwise the components'
+  defaults: stored 250x250 (LFW's own size, images under 250 dropped),
+  random 224x224 crops, 1,920 images
   (`--limit 1920`, a stable sample, as the report's subset), MSE, Adam 1e-3,
   batch 48, up to 50 epochs with EarlyStopping (patience 5: the report does
   not give its value), no tuning. The
@@ -32,7 +39,8 @@ Presets:
   images; here the same 1,920 are split 80/10/10 train/eval/test and the
   test split is what the evaluator measures.
 - `report-model2`: the same with the fusion Model 2 (frozen
-  InceptionResNetV2, ImageNet weights from the Keras cache) on LFW plus
+  InceptionResNetV2, ImageNet weights from the Keras cache, fetched when
+  missing) on LFW plus
   flickr8k, 1,920 images from each.
 """
 
@@ -42,17 +50,24 @@ import argparse
 import dataclasses
 import posixpath
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Sequence, Tuple, Union, get_args, get_origin, get_type_hints
+from typing import Any, Dict, Optional, Sequence, Tuple, get_args, get_origin
 
+from components import settings
+from components.evaluator import EvalConfig, EvaluationError
+from components.example_gen import IngestConfig
+from components.pusher import PushConfig, PushError
+from components.trainer import TrainConfig, TrainError
+from components.tuner import TuneConfig, TunerError
+
+# The sections of train, tune, evaluate and push ARE the components' own config dataclasses: a setting added to
+# one is a config key, a --set, a YAML key, a CLI flag and part of the stage's fingerprint at once.
 # Annotations use Optional/Dict so typing.get_type_hints can evaluate them on Python 3.9 too.
 
-ALGORITHMS = ("random", "hyperband", "bayesian")
-"""components.tuner.ALGORITHMS, repeated so the config loads without TensorFlow; a test keeps them equal."""
 VALIDATION_MODES = ("all", "sample", "none")
-MODELS = ("model1", "model2")
-"""components.models.FAMILIES, repeated for the same reason."""
 SSIM_MIN_SIZE = 16
 """Smallest training crop the evaluator can measure (SSIM's 11x11 window), as a multiple of 8."""
+_INGEST = IngestConfig(sources=(), output_dir="")
+"""example_gen's defaults, the data section's defaults."""
 
 
 class ConfigError(Exception):
@@ -83,11 +98,11 @@ class DataSection:
     sources: Dict[str, str] = field(default_factory=dict)
     """Source name -> image folder (local or gs://); empty: the synthetic set."""
     synthetic: SyntheticSection = field(default_factory=SyntheticSection)
-    stored_size: int = 80
-    min_side: int = 64
+    stored_size: int = _INGEST.stored_size
+    min_side: int = _INGEST.min_side
     limit: Optional[int] = None
     """At most this many images per source (a stable sample); the report used 1920."""
-    min_colorfulness: float = 3.0
+    min_colorfulness: float = _INGEST.min_colorfulness
 
     def validate(self) -> None:
         for name, path in self.sources.items():
@@ -138,114 +153,16 @@ class IngestSection:
 
 
 @dataclass
-class TuneSection:
-    """keras-tuner search (components.tuner); train.model and any of train.width/loss/learning_rate/batch_size
-    that are set are pinned, the rest of components.hparams.SEARCH_SPACE is searched."""
+class TuneSection(TuneConfig):
+    """components.tuner's own settings, plus whether the pipeline runs the stage. The tuner trains at the trainer's
+    crop size, backbone and seed, and train.model and whichever of train.width/loss/learning_rate/batch_size are
+    set are pinned (its linked fields); the rest of components.hparams.SEARCH_SPACE is searched."""
 
-    enabled: bool = True
-    algorithm: str = "random"
-    max_trials: int = 2
-    epochs: int = 1
-    steps_per_epoch: Optional[int] = 10
-
-    def validate(self) -> None:
-        _choice("tune.algorithm", self.algorithm, ALGORITHMS)
-        _at_least("tune.max_trials", self.max_trials, 1)
-        _at_least("tune.epochs", self.epochs, 1)
-        if self.steps_per_epoch is not None:
-            _at_least("tune.steps_per_epoch", self.steps_per_epoch, 1)
+    enabled: bool = settings.setting(True, "run the tuning stage; without it the trainer uses train.* and the "
+                                     "report's defaults")
 
 
-@dataclass
-class TrainSection:
-    """components.trainer; width, loss and learning_rate override the hyperparameters (None: the tuner's, or
-    the report's defaults when tuning is off)."""
-
-    model: str = "model1"
-    width: Optional[float] = 0.5
-    loss: Optional[str] = None
-    learning_rate: Optional[float] = None
-    image_size: int = 64
-    epochs: int = 12
-    steps_per_epoch: Optional[int] = 20
-    validation_steps: Optional[int] = None
-    batch_size: Optional[int] = None
-    backbone_weights: str = "imagenet"
-    """Model 2's backbone: imagenet (from the Keras cache, never downloaded), a .h5 path, or none (random)."""
-    allow_random_backbone: bool = False
-    patience: int = 5
-    seed: Optional[int] = 0
-
-    def hparams_overrides(self) -> dict[str, Any]:
-        """The hyperparameters this section pins (family always), in components.hparams' names."""
-        pinned = {"family": self.model, "width": self.width, "loss": self.loss,
-                  "learning_rate": self.learning_rate, "batch_size": self.batch_size}
-        return {k: v for k, v in pinned.items() if v is not None}
-
-    def validate(self) -> None:
-        from components import hparams
-
-        _choice("train.model", self.model, MODELS)
-        if self.image_size < SSIM_MIN_SIZE or self.image_size % 8:
-            raise ConfigError(
-                f"train.image_size must be a multiple of 8 and at least {SSIM_MIN_SIZE} (the models downsample by 8, "
-                f"the evaluator's SSIM needs 11 pixels), got {self.image_size}."
-            )
-        for name in ("epochs", "steps_per_epoch", "validation_steps", "batch_size"):
-            value = getattr(self, name)
-            if value is not None:
-                _at_least(f"train.{name}", value, 1)
-        _at_least("train.patience", self.patience, 0)
-        if self.width is not None and self.width <= 0:
-            raise ConfigError(f"train.width must be positive, got {self.width}.")
-        if self.learning_rate is not None and self.learning_rate <= 0:
-            raise ConfigError(f"train.learning_rate must be positive, got {self.learning_rate}.")
-        if self.loss is not None:
-            _choice("train.loss", self.loss, hparams.SEARCH_SPACE["loss"][1])
-        if not self.backbone_weights:
-            raise ConfigError(
-                "train.backbone_weights is empty; use imagenet, a .h5 path, or none for a random backbone."
-            )
-
-
-@dataclass
-class ThresholdsSection:
-    """The evaluator's blessing thresholds (components.evaluator.Thresholds)."""
-
-    min_psnr_gain_db: float = 0.0
-    min_colorfulness_gain: float = 0.0
-    max_psnr_drop_db: float = 0.1
-    max_colorfulness_drop: float = 1.0
-
-
-@dataclass
-class EvaluateSection:
-    """components.evaluator: the split it measures, the pictures it writes, the blessing thresholds."""
-
-    split: str = "test"
-    max_images: Optional[int] = None
-    grid_images: int = 50
-    historical_dir: Optional[str] = None
-    """A folder of black-and-white photos to colorize at their own resolution."""
-    thresholds: ThresholdsSection = field(default_factory=ThresholdsSection)
-
-    def validate(self) -> None:
-        if self.max_images is not None:
-            _at_least("evaluate.max_images", self.max_images, 1)
-        _at_least("evaluate.grid_images", self.grid_images, 1)
-
-
-@dataclass
-class PushSection:
-    """components.pusher: the TF Serving model base path is <serving_dir>/<model_name>/."""
-
-    model_name: str = "colorizer"
-    serving_dir: Optional[str] = None
-    """None: <output_dir>/serving."""
-
-    def validate(self) -> None:
-        if not self.model_name or "/" in self.model_name:
-            raise ConfigError(f"push.model_name must be a plain name such as colorizer, got {self.model_name!r}.")
+_COMPONENT_ERRORS = (TrainError, TunerError, EvaluationError, PushError, settings.SettingsError)
 
 
 @dataclass
@@ -256,9 +173,9 @@ class PipelineConfig:
     data: DataSection = field(default_factory=DataSection)
     ingest: IngestSection = field(default_factory=IngestSection)
     tune: TuneSection = field(default_factory=TuneSection)
-    train: TrainSection = field(default_factory=TrainSection)
-    evaluate: EvaluateSection = field(default_factory=EvaluateSection)
-    push: PushSection = field(default_factory=PushSection)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+    push: PushConfig = field(default_factory=PushConfig)
 
     @property
     def serving_dir(self) -> str:
@@ -268,8 +185,20 @@ class PipelineConfig:
         """Check every section and the rules between them; returns self."""
         if not self.output_dir:
             raise ConfigError("output_dir is empty; pass --output_dir DIR.")
-        for section in (self.data, self.ingest, self.tune, self.train, self.evaluate, self.push):
+        for section in (self.data, self.ingest):
             section.validate()
+        try:
+            self.tune.validate(prefix="tune.")
+            self.train.validate(prefix="train.")
+            self.evaluate.validate(prefix="evaluate.")
+            self.push.validate_config(prefix="push.")
+        except _COMPONENT_ERRORS as e:
+            raise ConfigError(str(e)) from None
+        if self.train.image_size < SSIM_MIN_SIZE:
+            raise ConfigError(
+                f"train.image_size must be a multiple of 8 and at least {SSIM_MIN_SIZE} (the models downsample by 8, "
+                f"the evaluator's SSIM needs 11 pixels), got {self.train.image_size}."
+            )
         if self.train.image_size > self.data.stored_size:
             raise ConfigError(
                 f"train.image_size {self.train.image_size} is larger than data.stored_size {self.data.stored_size}, "
@@ -287,17 +216,22 @@ class PipelineConfig:
 
 
 def _quick() -> PipelineConfig:
-    return PipelineConfig()
+    """Minutes on 2 CPU cores: small synthetic scenes, Model 1 at half width on 64x64 crops, a short search."""
+    config = PipelineConfig()
+    config.data.stored_size, config.data.min_side = 80, 64
+    config.tune.max_trials, config.tune.epochs, config.tune.steps_per_epoch = 2, 1, 10
+    t = config.train
+    t.model, t.width, t.image_size, t.epochs, t.steps_per_epoch, t.seed = "model1", 0.5, 64, 12, 20, 0
+    return config
 
 
 def _report(model: str) -> PipelineConfig:
+    """The report's settings: 1,920 images, MSE, Adam 1e-3, batch 48, up to 50 epochs, no tuning."""
     config = PipelineConfig()
-    config.data = DataSection(stored_size=250, min_side=250, limit=1920)
-    config.tune = TuneSection(enabled=False)
-    config.train = TrainSection(
-        model=model, width=1.0, loss="mse", learning_rate=1e-3, image_size=224, epochs=50, steps_per_epoch=None,
-        batch_size=48, patience=5,
-    )
+    config.data.limit = 1920
+    config.tune.enabled = False
+    t = config.train
+    t.model, t.width, t.loss, t.learning_rate, t.batch_size, t.seed = model, 1.0, "mse", 1e-3, 48, 0
     return config
 
 
@@ -329,68 +263,37 @@ def _choice(key: str, value: Any, choices: Sequence[str]) -> None:
         raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}.")
 
 
-_TRUE = ("true", "yes", "on", "1")
-_FALSE = ("false", "no", "off", "0")
-_NONE = ("none", "null", "~", "")
-
-
-def _type_name(typ: Any) -> str:
-    if get_origin(typ) is Union:
-        inner = [a for a in get_args(typ) if a is not type(None)]
-        return f"{_type_name(inner[0])} or none"
-    if get_origin(typ) is dict:
-        return "a mapping of name: value"
-    return {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}.get(typ, str(typ))
-
-
 def coerce(value: Any, typ: Any, key: str) -> Any:
     """`value` (from YAML or a `--set` string) as type `typ`, or ConfigError naming `key`."""
-    origin = get_origin(typ)
-    if origin is Union:
-        if value is None or (isinstance(value, str) and value.strip().lower() in _NONE):
-            return None
-        inner = [a for a in get_args(typ) if a is not type(None)]
-        return coerce(value, inner[0], key)
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key {key} must be {_type_name(typ)}, got {value!r}.")
-        _, value_type = get_args(typ)
-        return {str(k): coerce(v, value_type, f"{key}.{k}") for k, v in value.items()}
-    problem = None
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-            return value.strip().lower() in _TRUE
-    elif typ is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-    elif typ is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-    elif typ is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-    else:
-        problem = f"config key {key} has a type ({typ}) that cannot be set from text."
-    raise ConfigError(problem or f"config key {key} must be {_type_name(typ)}, got {value!r}.")
+    try:
+        return settings.coerce(value, typ, key)
+    except settings.SettingsError as e:
+        raise ConfigError(str(e)) from None
 
 
-def _fields(obj: Any) -> dict[str, Any]:
+def _fields(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """The keys a user may set in this section: every field of a pipeline section, the settings of a component's.
+
+    Asking for a component field the pipeline fills (an artifact path, or a value linked to another key) is a
+    ConfigError that says where that value comes from.
+    """
+    from typing import get_type_hints
+
     hints = get_type_hints(type(obj))
-    return {f.name: hints[f.name] for f in dataclasses.fields(obj)}
+    return {f.name: hints[f.name] for f in dataclasses.fields(obj) if settings.role(f) == "setting"}
+
+
+def _not_a_setting(obj: Any, name: str, key: str) -> Optional[ConfigError]:
+    """The sentence for a component field that exists but is the pipeline's to fill, else None."""
+    for f in dataclasses.fields(obj):
+        if f.name != name or settings.role(f) == "setting":
+            continue
+        source = settings.link(f)
+        if source and source != "pipeline":
+            return ConfigError(f"{key} follows {source}; set {source} instead.")
+        return ConfigError(f"{key} is wired by the pipeline (an upstream stage's output or this stage's own dir), "
+                           "not a setting; remove it from the config.")
+    return None
 
 
 def _unknown(key: str, where: str, valid: Sequence[str]) -> ConfigError:
@@ -406,7 +309,7 @@ def merge(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
     for name, value in values.items():
         key = f"{prefix}{name}"
         if name not in fields:
-            raise _unknown(key, prefix.rstrip("."), list(fields))
+            raise _not_a_setting(obj, name, key) or _unknown(key, prefix.rstrip("."), list(fields))
         typ = fields[name]
         if dataclasses.is_dataclass(typ):
             merge(getattr(obj, name), value, f"{key}.")
@@ -426,7 +329,8 @@ def apply_override(config: PipelineConfig, assignment: str) -> None:
         fields = _fields(obj)
         where = ".".join(parts[:i])
         if part not in fields:
-            raise _unknown(".".join(parts[: i + 1]), where, list(fields))
+            raise (_not_a_setting(obj, part, ".".join(parts[: i + 1]))
+                   or _unknown(".".join(parts[: i + 1]), where, list(fields)))
         typ = fields[part]
         last = i == len(parts) - 1
         if dataclasses.is_dataclass(typ):
@@ -435,11 +339,11 @@ def apply_override(config: PipelineConfig, assignment: str) -> None:
                 raise ConfigError(f"{key} is a section; set one of its keys, e.g. {key}.{first}=VALUE.")
             obj = getattr(obj, part)
             continue
-        if get_origin(typ) is dict:
+        if get_origin(typ) is dict or typ is dict:
             if i != len(parts) - 2:
                 raise ConfigError(f"{key} is a mapping; set one entry as {'.'.join(parts[: i + 1])}.NAME=VALUE.")
-            _, value_type = get_args(typ)
-            getattr(obj, part)[parts[-1]] = coerce(text, value_type, key)
+            args = get_args(typ)
+            getattr(obj, part)[parts[-1]] = coerce(text, args[1] if len(args) == 2 else Any, key)
             return
         if not last:
             raise _unknown(key, ".".join(parts[: i + 1]), [])
@@ -579,3 +483,22 @@ def parse_args(argv: Sequence[str] | None = None) -> Tuple[PipelineConfig, list,
     args, beam_args = build_parser().parse_known_args(argv)
     config = config_from_args(args)
     return config, list(beam_args), RunFlags(args.preset, args.config_file, args.no_cache)
+
+
+def settings_values(config: PipelineConfig) -> dict[str, Any]:
+    """Every setting of `config` as a nested JSON-able mapping (no artifact paths), which `merge` reads back:
+    what a Kubeflow step receives as --config_json."""
+
+    def values(obj: Any) -> dict[str, Any]:
+        return {name: values(getattr(obj, name)) if dataclasses.is_dataclass(typ) else getattr(obj, name)
+                for name, typ in _fields(obj).items()}
+
+    return {"output_dir": config.output_dir, **{name: values(getattr(config, name))
+                                               for name, typ in _fields(config).items() if name != "output_dir"}}
+
+
+def from_settings(values: dict[str, Any]) -> PipelineConfig:
+    """A validated config from settings_values' mapping (missing keys keep the component defaults)."""
+    config = PipelineConfig()
+    merge(config, values)
+    return config.validate()

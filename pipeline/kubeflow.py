@@ -1,8 +1,10 @@
-"""Compile the pipeline to a Kubeflow Pipelines v2 spec: one container step per stage, running the stage's CLI.
+"""Compile the pipeline to a Kubeflow Pipelines v2 spec: one container step per stage adapter.
 
 The DAG is pipeline.dag.build_stages(config), the same one the local runner
-executes; every step runs `python -m components.<module> ...` in the image
-built from the repo's Dockerfile. Stages pass data through a shared pipeline
+executes; every step runs that same stage adapter through
+`python -m pipeline.stage NAME --config_json SETTINGS --input STAGE=DIR ...`
+in the image built from the repo's Dockerfile, so a local run and a Kubeflow
+run execute the same code with the same settings. Stages pass data through a shared pipeline
 root, `gs://...` or a PersistentVolumeClaim mounted at the same path in every
 step: run R writes `<pipeline_root>/runs/<R's job id>/<stage>/`, and the
 pusher publishes to `<pipeline_root>/serving/<model_name>/<version>/` (or
@@ -24,12 +26,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
 from typing import Any, Optional, Sequence
 
 from pipeline import config as config_lib
-from pipeline import dag
+from pipeline import dag, executor
 
 DEFAULT_IMAGE = "colorization-pipeline:0.1.0"
 PIPELINE_NAME = "colorization"
@@ -40,21 +43,30 @@ class KubeflowError(Exception):
     """A compile setting the user can fix; one sentence."""
 
 
-def _component(stage: dag.Stage, config: Any, present: Sequence[str], image: str, beam_args: Sequence[str]):
-    """A KFP container component running `stage`'s CLI, its paths under the pipeline_root parameter."""
+def step_argv(stage: executor.Stage, config: Any, run_dir: str, pipeline_root: str, present: Sequence[str],
+              beam_args: Sequence[str]) -> list[str]:
+    """The command line of `stage`'s step: its adapter, the settings, its upstream dirs and its own dir."""
+    argv = ["python", "-m", "pipeline.stage", stage.name,
+            "--config_json", json.dumps(config_lib.settings_values(config), sort_keys=True, separators=(",", ":")),
+            "--set", f"output_dir={pipeline_root}",
+            *[arg for name in stage.upstream if name in present for arg in ("--input", f"{name}={run_dir}/{name}")],
+            "--output_dir", f"{run_dir}/{stage.name}"]
+    return argv + (list(beam_args) if stage.beam else [])
+
+
+def _component(stage: executor.Stage, config: Any, present: Sequence[str], image: str, beam_args: Sequence[str]):
+    """A KFP container component running `stage`'s adapter, its paths under the pipeline_root parameter."""
     from kfp import dsl
 
     def step(pipeline_root: str, run_id: str):
-        base = f"{pipeline_root}/runs/{run_id}"  # the placeholders render as KFP's {{$.inputs.parameters[...]}}
-        paths = dag.Paths({name: f"{base}/{name}" for name in present},
-                          config.push.serving_dir or f"{pipeline_root}/serving")
-        argv = stage.cli(config, paths, beam_args)
+        # the placeholders render as KFP's {{$.inputs.parameters[...]}}
+        argv = step_argv(stage, config, f"{pipeline_root}/runs/{run_id}", pipeline_root, present, beam_args)
         return dsl.ContainerSpec(image=image, command=argv[:3], args=argv[3:])
 
     step.__annotations__ = {"pipeline_root": str, "run_id": str}  # kfp reads real types, not postponed strings
     step.__name__ = stage.name
     step.__qualname__ = stage.name
-    step.__doc__ = f"The {stage.name} stage of the colorization pipeline, run through its own CLI."
+    step.__doc__ = f"The {stage.name} stage of the colorization pipeline, run through pipeline.stage."
     return dsl.container_component(step)
 
 
@@ -74,7 +86,7 @@ def build_pipeline(config: Any, *, image: str = DEFAULT_IMAGE, pipeline_root: st
             task = components[stage.name](pipeline_root=pipeline_root, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
             task.set_display_name(stage.name)
             task.set_caching_options(False)
-            task.after(*[tasks[name] for name in stage.inputs if name in tasks])
+            task.after(*[tasks[name] for name in stage.upstream if name in tasks])
             if gpus and stage.name in GPU_STAGES:
                 task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(gpus)
             if pvc:

@@ -141,10 +141,96 @@ def _code_files(path: str) -> list[str]:
     return found
 
 
+def _module_file(module: str, root: str) -> Optional[str]:
+    """The source file of a dotted module inside the repo (a package's __init__.py), or None."""
+    base = os.path.join(root, *module.split("."))
+    for candidate in (base + ".py", os.path.join(base, "__init__.py")):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def _imported_modules(path: str, module: str) -> set[str]:
+    """Every module an `import` or `from ... import` anywhere in the file names (function bodies included)."""
+    import ast
+
+    with open(path, "rb") as f:
+        tree = ast.parse(f.read(), filename=path)
+    package = module if path.endswith("__init__.py") else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1])
+                target = f"{base}.{node.module}" if node.module else base
+            else:
+                target = node.module or ""
+            found.add(target)
+            found.update(f"{target}.{alias.name}" for alias in node.names)  # `from pkg import module`
+    return found
+
+
+def import_closure(modules: Iterable[str], root: str = REPO_ROOT) -> list[str]:
+    """The repo's source files that `modules` (dotted names) import, directly or through each other, sorted.
+
+    Only modules under `root` count (the project's own code; TensorFlow and friends are pinned by
+    constraints.txt). Parent packages count as Python runs them: importing a.b.c runs a/__init__ and a/b/__init__.
+    """
+    files: set[str] = set()
+    pending = list(modules)
+    seen: set[str] = set()
+    while pending:
+        module = pending.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        parts = module.split(".")
+        for i in range(1, len(parts)):  # parent packages run first
+            pending.append(".".join(parts[:i]))
+        path = _module_file(module, root)
+        if path is None or path in files:
+            continue
+        files.add(path)
+        pending.extend(_imported_modules(path, module))
+        if path.endswith("__init__.py") and _loads_lazily(path):
+            pending.extend(_submodules(module, os.path.dirname(path)))
+    return sorted(os.path.relpath(p, root) for p in files)
+
+
+def _loads_lazily(init_path: str) -> bool:
+    """A package __init__ that imports its modules on demand (PEP 562 __getattr__, importlib), which no import
+    statement shows: all of its modules then count."""
+    with open(init_path, encoding="utf-8") as f:
+        text = f.read()
+    return "def __getattr__" in text or "import_module(" in text
+
+
+def _submodules(package: str, folder: str) -> list[str]:
+    names = []
+    for entry in sorted(os.listdir(folder)):
+        full = os.path.join(folder, entry)
+        if entry.endswith(".py") and entry != "__init__.py":
+            names.append(f"{package}.{entry[:-3]}")
+        elif os.path.isfile(os.path.join(full, "__init__.py")):
+            names.append(f"{package}.{entry}")
+    return names
+
+
 def fingerprint_code(paths: Iterable[str], root: str = REPO_ROOT) -> str:
-    """sha256 over the contents of source files and folders (relative to the repo root); a missing path counts too."""
+    """sha256 over the contents of source files and folders (relative to the repo root); a missing path counts too.
+
+    An entry without a path separator or .py suffix is a dotted module name and stands for its import closure
+    inside the repo (import_closure), so a stage's fingerprint follows the code it really runs.
+    """
+    entries: set[str] = set()
+    for entry in paths:
+        is_module = "/" not in entry and os.sep not in entry and not entry.endswith(".py") and entry != "."
+        entries.update(import_closure([entry], root) if is_module and _module_file(entry, root) else [entry])
     digest = hashlib.sha256()
-    for entry in sorted(paths):
+    for entry in sorted(entries):
         full = entry if os.path.isabs(entry) else os.path.join(root, entry)
         if not os.path.exists(full):
             digest.update(f"missing {entry}\n".encode())

@@ -26,8 +26,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 warnings.filterwarnings("ignore", message="You are using a Python version", category=FutureWarning)
 
 from pipeline import config as config_lib  # noqa: E402
-from pipeline import dag  # noqa: E402
+from pipeline import dag, executor  # noqa: E402
 from pipeline import manifest as mf  # noqa: E402
+from schemas.artifacts import BATCHING_FILE, MODELS_CONFIG_FILE, MONITORING_FILE  # noqa: E402
 
 
 def summary(manifest: mf.Manifest, cfg: config_lib.PipelineConfig) -> str:
@@ -60,13 +61,13 @@ def summary(manifest: mf.Manifest, cfg: config_lib.PipelineConfig) -> str:
         lines.append(f"  {'served model':<14}{push.metrics['version_dir']}")
     elif push:
         lines.append(f"  {'served model':<14}nothing new pushed: {push.metrics.get('reason', '')}")
-    if mf.exists(mf.join(serving, "models.config")):
+    if mf.exists(mf.join(serving, MODELS_CONFIG_FILE)):
         lines += [
             "Serve it (gRPC :8500, REST :8501), then colorize a photo or a folder:",
-            f"  python -m serving.server --model_config_file {mf.join(serving, 'models.config')} "
+            f"  python -m serving.server --model_config_file {mf.join(serving, MODELS_CONFIG_FILE)} "
             f"--model_config_file_poll_wait_seconds 60 --enable_batching "
-            f"--batching_parameters_file {mf.join(serving, 'batching_parameters.txt')} "
-            f"--monitoring_config_file {mf.join(serving, 'monitoring.config')}",
+            f"--batching_parameters_file {mf.join(serving, BATCHING_FILE)} "
+            f"--monitoring_config_file {mf.join(serving, MONITORING_FILE)}",
             f"  python -m serving.client --server localhost:8500 --model_name {cfg.push.model_name} "
             f"PHOTO.jpg --output_dir colorized",
         ]
@@ -81,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"pipeline: preset {flags.preset}, output {cfg.output_dir}"
           + (f", Beam options {' '.join(beam_args)}" if beam_args else ""), flush=True)
-    manifest = dag.run_pipeline(dag.build_stages(cfg), cfg, output_dir=cfg.output_dir, beam_args=beam_args,
+    manifest = executor.run_pipeline(dag.build_stages(cfg), cfg, output_dir=cfg.output_dir, beam_args=beam_args,
                                 no_cache=flags.no_cache)
     if not manifest.ok:
         print(f"pipeline: {manifest.error} Fix it and run the same command again: finished stages come from the "

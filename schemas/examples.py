@@ -20,6 +20,8 @@ SCHEMA_VERSION = 1
 L_MAX = 100.0
 L_SCALE = 255.0 / L_MAX
 AB_OFFSET = 128.0
+AB_SCALE = 128.0
+"""The models' target scale: they predict ab / AB_SCALE (about -1..1); ab in LAB units = output * AB_SCALE."""
 
 IMAGE_KEY = "image/lab_png"
 HEIGHT_KEY = "image/height"

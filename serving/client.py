@@ -28,7 +28,8 @@ import threading
 import time
 from typing import Any, Callable, Iterable, Sequence
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+from schemas.serving import SERVED_IMAGE_EXTENSIONS as IMAGE_EXTENSIONS
+from schemas.serving import SERVING_SIGNATURE
 PROTOCOLS = ("grpc", "rest")
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 BACKOFF_SECONDS = 0.5
@@ -88,7 +89,7 @@ class Colorizer:
     """One connection to a model server; colorize(bytes) -> PNG bytes, safe to call from many threads."""
 
     def __init__(self, server: str, protocol: str = "grpc", model_name: str = "colorizer",
-                 signature_name: str = "serving_default", *, version: int | None = None,
+                 signature_name: str = SERVING_SIGNATURE, *, version: int | None = None,
                  version_label: str | None = None, deadline: float = 30.0, retries: int = 3):
         if protocol not in PROTOCOLS:
             raise ClientError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not '{protocol}'.")
@@ -304,7 +305,7 @@ class _Progress:
 
 
 def colorize_files(paths: Sequence[str], output_dir: str, *, server: str, protocol: str = "grpc",
-                   model_name: str = "colorizer", signature_name: str = "serving_default",
+                   model_name: str = "colorizer", signature_name: str = SERVING_SIGNATURE,
                    version: int | None = None, version_label: str | None = None, deadline: float = 30.0,
                    retries: int = 3, concurrency: int = 4, progress: bool = False) -> Summary:
     """Colorizes every image under `paths` into `output_dir`; failures are collected, not raised.
@@ -363,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--server", default="localhost:8500", help="host:port of the gRPC (8500) or REST (8501) API")
     add("--protocol", choices=PROTOCOLS, default="grpc")
     add("--model_name", default="colorizer")
-    add("--signature_name", default="serving_default")
+    add("--signature_name", default=SERVING_SIGNATURE)
     add("--version", type=int, help="ask for this model version")
     add("--version_label", help="ask for the version with this label (e.g. stable, canary)")
     add("--deadline", type=float, default=30.0, help="seconds per request")

@@ -20,9 +20,15 @@ BACKBONE = "mobilenet_v2"
 
 @pytest.fixture(scope="module")
 def empty_keras_cache(tmp_path_factory):
-    """No ImageNet weights on this machine, whatever its real Keras cache holds."""
+    """No ImageNet weights on this machine, whatever its real Keras cache holds, and no network to fetch them."""
+    import keras
+
+    def offline_get_file(fname, origin, *args, **kwargs):
+        raise Exception(f"URL fetch failure on {origin}: None -- [Errno -3] Temporary failure in name resolution")
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("KERAS_HOME", str(tmp_path_factory.mktemp("keras_home")))
+        mp.setattr(keras.utils, "get_file", offline_get_file)
         yield
 
 

@@ -15,7 +15,7 @@ import tensorflow as tf
 from PIL import Image
 from skimage import color as skcolor
 
-from components import export, models, synthetic
+from components import color, export, models, synthetic
 
 SIZE = 32
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -122,6 +122,18 @@ def test_serving_default_colorizes_every_format_at_its_own_size(loaded, model):
         assert diff.mean() < 1.0 and np.percentile(diff, 99) <= 3, (name, diff.mean(), np.percentile(diff, 99))
         gray = np.asarray(Image.open(io.BytesIO(data)).convert("L"), np.int16)
         assert np.abs(got - gray[..., None]).mean() > 10.0, f"{name} came back without colour"
+
+
+def test_the_evaluators_recipe_is_the_serving_graphs(loaded):
+    """color.colorize (the evaluator's historical photos) and serving_default share one recipe: the same pixels."""
+    rgb = synthetic.render_scene(np.random.default_rng(2), 61, 97)
+    out = loaded.signatures[export.SERVING_SIGNATURE](image_bytes=tf.constant([_encode(rgb, "PNG")]))
+    served = np.asarray(Image.open(io.BytesIO(out[export.COLORIZED_BYTES].numpy()[0])))
+    predict_ab = loaded.signatures[export.PREDICT_AB_SIGNATURE]
+    local = color.colorize(rgb, lambda l: predict_ab(l=l)[export.AB_OUTPUT], SIZE).numpy()
+    assert local.shape == served.shape == (61, 97, 3)
+    diff = np.abs(local.astype(np.int16) - served)
+    assert diff.max() <= 1 and diff.mean() < 0.01, (diff.max(), diff.mean())
 
 
 def test_an_empty_batch_returns_an_empty_batch(loaded):

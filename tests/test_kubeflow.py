@@ -1,7 +1,9 @@
-"""The Kubeflow Pipelines v2 spec, tested by compiling only: tasks, dependencies, and each step's CLI."""
+"""The Kubeflow Pipelines v2 spec, tested by compiling only: tasks, dependencies, and each step's command line,
+which runs the same stage adapter with the same settings as a local run."""
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
@@ -9,12 +11,9 @@ import yaml
 
 from pipeline import config as cfg
 from pipeline import dag, kubeflow
+from pipeline import stage as stage_cli
 
-MODULES = {
-    "synthetic": "components.synthetic", "ingest": "components.example_gen", "validate": "components.validator",
-    "tune": "components.tuner", "train": "components.trainer", "evaluate": "components.evaluator",
-    "push": "components.pusher",
-}
+STAGES = ("synthetic", "ingest", "validate", "tune", "train", "evaluate", "push")
 BEAM = ["--runner=DataflowRunner", "--project", "proj", "--temp_location", "gs://bucket/tmp"]
 ROOT_PLACEHOLDER = "{{$.inputs.parameters['pipeline_root']}}"
 
@@ -43,17 +42,26 @@ def quick(tmp_path_factory):
 def test_one_task_per_stage_in_the_right_dag(quick):
     config, _, _ = cfg.parse_args([])
     stages = dag.build_stages(config)
-    assert set(quick["tasks"]) == {s.name for s in stages} == set(MODULES)
+    assert set(quick["tasks"]) == {s.name for s in stages} == set(STAGES)
     for stage in stages:
-        assert sorted(quick["tasks"][stage.name].get("dependentTasks", [])) == sorted(stage.inputs)
+        assert sorted(quick["tasks"][stage.name].get("dependentTasks", [])) == sorted(stage.upstream)
     assert quick["spec"]["root"]["inputDefinitions"]["parameters"]["pipeline_root"]["defaultValue"] == \
         "gs://bucket/colorization"
 
 
-def test_each_container_runs_its_stage_cli_from_the_image(quick):
+def test_each_container_runs_its_stage_adapter_from_the_image(quick):
     for name, container in quick["containers"].items():
-        assert container["command"] == ["python", "-m", MODULES[name]], name
+        assert container["command"] == ["python", "-m", "pipeline.stage"], name
+        assert container["args"][0] == name
         assert container["image"] == "registry.example/colorization:1"
+
+
+def _inputs(args: list[str]) -> dict[str, str]:
+    return dict(args[i + 1].split("=", 1) for i, a in enumerate(args) if a == "--input")
+
+
+def _settings(args: list[str]) -> dict:
+    return json.loads(_arg(args, "--config_json"))
 
 
 def _arg(args: list[str], flag: str) -> str:
@@ -63,16 +71,16 @@ def _arg(args: list[str], flag: str) -> str:
 def test_stages_pass_data_through_run_dirs_on_the_pipeline_root(quick):
     c = {name: container["args"] for name, container in quick["containers"].items()}
     run = f"{ROOT_PLACEHOLDER}/runs/{{{{$.inputs.parameters['run_id']}}}}"
-    assert _arg(c["synthetic"], "--output_dir") == f"{run}/synthetic"
-    assert _arg(c["ingest"], "--data_dir") == f"synthetic={run}/synthetic"
-    assert _arg(c["ingest"], "--output_dir") == _arg(c["validate"], "--output_dir") == f"{run}/ingest"
-    assert _arg(c["tune"], "--examples") == _arg(c["train"], "--examples") == _arg(c["evaluate"], "--examples")
-    assert _arg(c["train"], "--hparams") == f"{run}/tune/best_hparams.json"
-    assert _arg(c["evaluate"], "--model") == _arg(c["push"], "--model") == f"{run}/train/model.keras"
-    assert _arg(c["push"], "--evaluation") == _arg(c["evaluate"], "--output_dir") == f"{run}/evaluate"
-    assert _arg(c["push"], "--serving_dir") == f"{ROOT_PLACEHOLDER}/serving"
-    assert _arg(c["evaluate"], "--baseline_model") == f"{ROOT_PLACEHOLDER}/serving/colorizer"
-    assert "--baseline_optional" in c["evaluate"]  # the first run has nothing blessed to compare with
+    for name in STAGES:
+        assert _arg(c[name], "--output_dir") == f"{run}/{name}"
+        assert _arg(c[name], "--set") == f"output_dir={ROOT_PLACEHOLDER}"  # serving/ lives on the pipeline root
+    assert _inputs(c["synthetic"]) == {}
+    assert _inputs(c["ingest"]) == {"synthetic": f"{run}/synthetic"}
+    assert _inputs(c["validate"]) == {"ingest": f"{run}/ingest"}
+    assert _inputs(c["tune"]) == {"ingest": f"{run}/ingest", "validate": f"{run}/validate"}
+    assert _inputs(c["train"]) == {"ingest": f"{run}/ingest", "tune": f"{run}/tune", "validate": f"{run}/validate"}
+    assert _inputs(c["evaluate"]) == {"train": f"{run}/train", "ingest": f"{run}/ingest"}
+    assert _inputs(c["push"]) == {"train": f"{run}/train", "evaluate": f"{run}/evaluate"}
     for task in quick["tasks"].values():
         assert task["inputs"]["parameters"]["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
 
@@ -85,32 +93,43 @@ def test_beam_options_reach_the_beam_steps_only(quick):
         assert "--runner=DataflowRunner" not in c[name]
 
 
-def test_every_step_is_accepted_by_its_components_own_parser(quick, monkeypatch):
-    from components import evaluator, example_gen, pusher, synthetic, trainer, tuner, validator
+def test_every_step_runs_the_local_adapter_with_the_local_settings(quick, tmp_path, monkeypatch):
+    """Each step's arguments give pipeline.stage the same config and wiring the local runner uses."""
+    from components import synthetic, validator
 
+    local, _, _ = cfg.parse_args(BEAM)
     c = {name: container["args"] for name, container in quick["containers"].items()}
-    _, beam_args = example_gen._build_parser().parse_known_args(c["ingest"])
-    assert beam_args == BEAM
-    ingest = example_gen.config_from_args(example_gen._build_parser().parse_known_args(c["ingest"])[0])
-    assert (ingest.stored_size, ingest.min_side) == (80, 64)
-    tune = tuner._build_parser().parse_args(c["tune"])
-    assert (tune.model, tune.fix, tune.max_trials, tune.image_size) == ("model1", ["width=0.5"], 2, 64)
-    train = trainer._parser().parse_args(c["train"])
-    assert (train.epochs, train.steps_per_epoch, train.image_size, train.seed) == (12, 20, 64, 0)
-    evaluation = evaluator._parser().parse_args(c["evaluate"])
-    assert evaluation.split == "test" and evaluation.max_psnr_drop_db == 0.1
-    push = pusher._parser().parse_args(c["push"])
-    assert push.model_name == "colorizer"
+    for name, args in c.items():
+        args = [a.replace(ROOT_PLACEHOLDER, "gs://bucket/colorization") for a in args]
+        parsed, beam_args = stage_cli._parser().parse_known_args(args)
+        stage, ctx = stage_cli.build_context(parsed, beam_args)
+        assert stage.name == name and ctx.beam_args == (BEAM if stage.beam else [])
+        assert cfg.settings_values(ctx.config) == {**cfg.settings_values(local), "output_dir": "gs://bucket/colorization"}
+        assert ctx.config.serving_dir == "gs://bucket/colorization/serving"
+    train_stage, train_ctx = stage_cli.build_context(stage_cli._parser().parse_args(c["train"]), [])
+    assert train_ctx.input("hparams").endswith("/tune/best_hparams.json")
+    assert train_ctx.input("examples").endswith("/ingest")
+    assert (train_ctx.config.train.epochs, train_ctx.config.train.steps_per_epoch, train_ctx.config.train.image_size,
+            train_ctx.config.train.seed) == (12, 20, 64, 0)
+    _, evaluate_ctx = stage_cli.build_context(stage_cli._parser().parse_args(c["evaluate"]), [])
+    assert evaluate_ctx.input("model").endswith("/train/model.keras")
+    assert evaluate_ctx.config.evaluate.split == "test" and evaluate_ctx.config.evaluate.thresholds.max_psnr_drop_db == 0.1
 
     calls = {}
     monkeypatch.setattr(synthetic, "generate", lambda out, n, **kw: calls.setdefault("synthetic", (n, kw)) and [])
-    assert synthetic.main(c["synthetic"]) == 0
-    assert calls["synthetic"] == (400, {"seed": 0, "size": 80, "png_fraction": 0.1, "workers": 1})
+    out = tmp_path / "synthetic"
+    assert stage_cli.main([*c["synthetic"][:-2], "--output_dir", str(out)]) == 0
+    assert calls["synthetic"] == (400, {"seed": 0, "size": 80, "workers": 1})
     report = {"records_read": {}, "records_checked": {}, "anomalies": []}
     monkeypatch.setattr(validator, "run_validation",
-                        lambda out, beam, **kw: calls.setdefault("validate", (beam, kw)) and report)
-    assert validator.main(c["validate"]) == 0
-    assert calls["validate"] == (BEAM, {"sample_rate": 1.0})
+                        lambda examples, beam, **kw: calls.setdefault("validate", (examples, beam, kw)) and report)
+    validate_args = [a for a in c["validate"] if a not in BEAM]
+    i = validate_args.index("--output_dir")
+    validate_args[i + 1] = str(tmp_path / "validate")
+    assert stage_cli.main([*validate_args, *BEAM]) == 0
+    examples, beam, kw = calls["validate"]
+    assert examples.endswith("/ingest") and beam == BEAM
+    assert kw == {"sample_rate": 1.0, "stored_size": 80, "report_dir": str(tmp_path / "validate")}
 
 
 def test_report_model2_on_real_data_with_gpus_and_a_volume(tmp_path):
@@ -121,13 +140,13 @@ def test_report_model2_on_real_data_with_gpus_and_a_volume(tmp_path):
     )
     assert set(spec["tasks"]) == {"ingest", "validate", "train", "evaluate", "push"}  # no synthetic data, no tuning
     assert sorted(spec["tasks"]["train"]["dependentTasks"]) == ["ingest", "validate"]
-    ingest = spec["containers"]["ingest"]["args"]
-    assert [ingest[i + 1] for i, a in enumerate(ingest) if a == "--data_dir"] == [
-        "lfw=/mnt/data/lfw", "flickr8k=/mnt/data/flickr8k"]
-    assert _arg(ingest, "--limit") == "1920" and _arg(ingest, "--stored_size") == "250"
+    data = _settings(spec["containers"]["ingest"]["args"])["data"]
+    assert data["sources"] == {"lfw": "/mnt/data/lfw", "flickr8k": "/mnt/data/flickr8k"}
+    assert data["limit"] == 1920 and data["stored_size"] == 250
     train = spec["containers"]["train"]
-    assert "--hparams" not in train["args"] and _arg(train["args"], "--model") == "model2"
-    assert _arg(train["args"], "--batch_size") == "48" and _arg(train["args"], "--image_size") == "224"
+    assert "tune" not in _inputs(train["args"]) and _settings(train["args"])["train"]["model"] == "model2"
+    train_settings = _settings(train["args"])["train"]
+    assert train_settings["batch_size"] == 48 and train_settings["image_size"] == 224
     assert train["resources"]["accelerator"]["count"] == "1"
     assert "resources" not in spec["containers"]["evaluate"]
     mounts = spec["docs"][1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
@@ -142,7 +161,7 @@ def test_the_cli_writes_the_spec_and_names_mistakes(tmp_path, capsys):
     with open(out) as f:
         spec = yaml.safe_load(f)
     train_args = spec["deploymentSpec"]["executors"]["exec-train"]["container"]["args"]
-    assert _arg(train_args, "--epochs") == "3"
+    assert _settings(train_args)["train"]["epochs"] == 3
 
     assert kubeflow.main(["--output", str(tmp_path / "x.yaml"), "--pipeline_root", "relative/dir"]) == 2
     assert "must be shared by every step" in capsys.readouterr().err
@@ -153,7 +172,7 @@ def test_the_cli_writes_the_spec_and_names_mistakes(tmp_path, capsys):
     executors = spec["deploymentSpec"]["executors"]
     assert "exec-tune" not in executors
     train_args = executors["exec-train"]["container"]["args"]
-    assert _arg(train_args, "--width") == "0.5" and "--hparams" not in train_args
+    assert _settings(train_args)["train"]["width"] == 0.5 and "tune" not in _inputs(train_args)
 
 
 def test_a_missing_kfp_sdk_is_one_sentence(tmp_path, capsys, monkeypatch):

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from pipeline import dag
+from pipeline import dag, executor
 from pipeline import manifest as mf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,7 +39,7 @@ class Calls(list):
 def _writer(name: str, calls: Calls, fail: Exception | None = None):
     """A stage that writes <out>/<name>.txt from its config value and its inputs' contents."""
 
-    def run(ctx: dag.StageContext) -> dict:
+    def run(ctx: executor.StageContext) -> dict:
         calls.append(name)
         if fail is not None:
             raise fail
@@ -67,21 +67,21 @@ def code(tmp_path):
 
 
 def stages(calls: Calls, code: dict, *, fail: dict | None = None, skip: dict | None = None,
-           external=None) -> list[dag.Stage]:
+           external=None) -> list[executor.Stage]:
     """a -> b -> c, and a -> d: deleting b's output must re-run b and c, not a or d."""
     fail, skip = fail or {}, skip or {}
     return [
-        dag.Stage("a", _writer("a", calls, fail.get("a")), (), "a", [code["a"]], external_inputs=external),
-        dag.Stage("b", _writer("b", calls, fail.get("b")), ("a",), "b", [code["b"]], skip=skip.get("b")),
-        dag.Stage("c", _writer("c", calls, fail.get("c")), ("a", "b"), "c", [code["c"]]),
-        dag.Stage("d", _writer("d", calls, fail.get("d")), ("a",), "d", [code["d"]]),
+        executor.Stage("a", _writer("a", calls, fail.get("a")), (), "a", [code["a"]], external_inputs=external),
+        executor.Stage("b", _writer("b", calls, fail.get("b")), ("a",), "b", [code["b"]], skip=skip.get("b")),
+        executor.Stage("c", _writer("c", calls, fail.get("c")), ("a", "b"), "c", [code["c"]]),
+        executor.Stage("d", _writer("d", calls, fail.get("d")), ("a",), "d", [code["d"]]),
     ]
 
 
 def run(output_dir, calls, code, config=None, **kwargs):
     lines: list[str] = []
     options = {k: kwargs.pop(k) for k in ("fail", "skip", "external") if k in kwargs}
-    result = dag.run_pipeline(stages(calls, code, **options), config or FakeConfig(), output_dir=str(output_dir),
+    result = executor.run_pipeline(stages(calls, code, **options), config or FakeConfig(), output_dir=str(output_dir),
                               log=lines.append, **kwargs)
     return result, lines
 
@@ -173,7 +173,7 @@ def test_changing_a_stage_source_file_reruns_it_and_no_cache_runs_everything(tmp
 
 def test_a_failing_stage_stops_the_run_and_a_rerun_resumes_from_it(tmp_path, code):
     calls = Calls()
-    broken = dag.StageError("the widget folder /nowhere does not exist; pass --widget DIR.")
+    broken = executor.StageError("the widget folder /nowhere does not exist; pass --widget DIR.")
     m, lines = run(tmp_path, calls, code, fail={"b": broken})
     assert calls == ["a", "b"]
     assert not m.ok and m.status == "failed" and m.failed_stage == "b" and m.user_error
@@ -211,7 +211,7 @@ def test_an_interrupt_mid_stage_leaves_a_readable_manifest_and_propagates(tmp_pa
 KILLED_RUN = textwrap.dedent("""
     import os, sys, time
     sys.path.insert(0, {repo!r})
-    from pipeline import dag
+    from pipeline import executor
 
     def first(ctx):
         open(os.path.join(ctx.output_dir, "a.txt"), "w").write("a")
@@ -221,8 +221,8 @@ KILLED_RUN = textwrap.dedent("""
         open({marker!r}, "w").write("started")
         time.sleep(60)
 
-    stages = [dag.Stage("a", first, (), "a", [{code!r}]), dag.Stage("b", slow, ("a",), "b", [{code!r}])]
-    dag.run_pipeline(stages, {{"a": 1, "b": 2}}, output_dir={out!r})
+    stages = [executor.Stage("a", first, (), "a", [{code!r}]), executor.Stage("b", slow, ("a",), "b", [{code!r}])]
+    executor.run_pipeline(stages, {{"a": 1, "b": 2}}, output_dir={out!r})
 """)
 
 
@@ -245,9 +245,9 @@ def test_a_killed_run_leaves_a_valid_manifest_and_the_rerun_continues(tmp_path, 
     assert not [n for n in os.listdir(os.path.join(out, "runs", killed["run_id"])) if ".tmp-" in n]
 
     calls = Calls()
-    resumed = dag.run_pipeline(
-        [dag.Stage("a", _writer("a", calls), (), "a", [code["a"]]),
-         dag.Stage("b", lambda ctx: calls.append("b") or {}, ("a",), "b", [code["a"]])],
+    resumed = executor.run_pipeline(
+        [executor.Stage("a", _writer("a", calls), (), "a", [code["a"]]),
+         executor.Stage("b", lambda ctx: calls.append("b") or {}, ("a",), "b", [code["a"]])],
         {"a": 1, "b": 2}, output_dir=out, log=lambda line: None,
     )
     assert calls == ["b"] and resumed.ok and resumed.stages["a"].produced_by_run == killed["run_id"]
@@ -303,9 +303,9 @@ def test_latest_falls_back_to_a_one_line_file_where_symlinks_fail(tmp_path, code
 
 def test_stage_lists_must_be_in_dependency_order(code):
     with pytest.raises(ValueError, match="no earlier stage"):
-        dag.check_stages([dag.Stage("b", lambda ctx: {}, ("a",)), dag.Stage("a", lambda ctx: {})])
+        executor.check_stages([executor.Stage("b", lambda ctx: {}, ("a",)), executor.Stage("a", lambda ctx: {})])
     with pytest.raises(ValueError, match="two stages"):
-        dag.check_stages([dag.Stage("a", lambda ctx: {}), dag.Stage("a", lambda ctx: {})])
+        executor.check_stages([executor.Stage("a", lambda ctx: {}), executor.Stage("a", lambda ctx: {})])
 
 
 def test_run_ids_sort_by_time():
@@ -320,15 +320,64 @@ def test_the_real_stage_list_follows_the_config():
     stages = dag.build_stages(quick)
     assert [s.name for s in stages] == ["synthetic", "ingest", "validate", "tune", "train", "evaluate", "push"]
     assert not any(s.skip for s in stages)
-    dag.check_stages(stages)
+    executor.check_stages(stages)
     for stage in stages:
-        for key in stage.sections:
-            dag.section_value(quick, key)  # every config key a stage depends on exists
-        for path in stage.code:
-            assert os.path.exists(os.path.join(REPO, path)), f"{stage.name}: {path}"
+        stage.config_value(quick)  # every config key a stage depends on exists
+        for module in stage.code:
+            assert mf.import_closure([module]), f"{stage.name}: {module}"
 
     real, _, _ = cfg.parse_args(["--data_dir", "mine=/photos", "--no-tune", "--set", "ingest.validation=none"])
     stages = {s.name: s for s in dag.build_stages(real)}
-    assert list(stages) == ["ingest", "validate", "tune", "train", "evaluate", "push"] and not stages["ingest"].inputs
+    assert list(stages) == ["ingest", "validate", "tune", "train", "evaluate", "push"] and not stages["ingest"].upstream
     assert stages["validate"].skip == "ingest.validation is none" and stages["tune"].skip == "tune.enabled is false"
     assert stages["ingest"].external_inputs(real) == {"data_dir:mine": "missing"}
+
+
+def test_a_code_fingerprint_follows_the_import_closure(tmp_path):
+    """Changing any module a stage imports (also lazily, inside a function) changes its fingerprint; others don't."""
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("def run():\n    from pkg import b\n    return b.VALUE\n")
+    (pkg / "b.py").write_text("from .c import VALUE\n")
+    (pkg / "c.py").write_text("VALUE = 1\n")
+    (pkg / "d.py").write_text("OTHER = 1\n")
+    lazy = tmp_path / "lazy"
+    lazy.mkdir()
+    (lazy / "__init__.py").write_text("import importlib\n\ndef __getattr__(name):\n"
+                                      "    return getattr(importlib.import_module('lazy.impl'), name)\n")
+    (lazy / "impl.py").write_text("VALUE = 1\n")
+    root = str(tmp_path)
+    assert mf.import_closure(["lazy"], root) == ["lazy/__init__.py", "lazy/impl.py"]
+    assert mf.import_closure(["pkg.a"], root) == ["pkg/__init__.py", "pkg/a.py", "pkg/b.py", "pkg/c.py"]
+    before = mf.fingerprint_code(["pkg.a"], root)
+    (pkg / "d.py").write_text("OTHER = 2\n")
+    assert mf.fingerprint_code(["pkg.a"], root) == before
+    (pkg / "c.py").write_text("VALUE = 2\n")
+    assert mf.fingerprint_code(["pkg.a"], root) != before
+
+
+def test_each_real_stage_is_fingerprinted_by_the_code_it_runs(tmp_path):
+    """A change to a module a stage's component imports re-runs that stage, and only the stages that import it."""
+    import shutil
+
+    from pipeline import config as cfg
+
+    quick, _, _ = cfg.parse_args([])
+    stages = dag.build_stages(quick)
+    closures = {s.name: set(mf.import_closure(s.code)) for s in stages}
+    assert "components/decode.py" in closures["evaluate"]  # the evaluator decodes the historical photos with it
+    # the trainer and tuner packages load their TensorFlow modules lazily; they count all the same
+    assert {"components/trainer/fit.py", "components/models.py"} <= closures["train"]
+    assert {"components/tuner/search.py", "components/hparams.py"} <= closures["tune"]
+    assert not any(p.startswith("components/trainer") for p in closures["ingest"])
+    for package in ("components", "schemas", "pipeline"):
+        shutil.copytree(os.path.join(REPO, package), tmp_path / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    before = {s.name: mf.fingerprint_code(s.code, str(tmp_path)) for s in stages}
+    with open(tmp_path / "components" / "decode.py", "a") as f:
+        f.write("\n# a change\n")
+    after = {s.name: mf.fingerprint_code(s.code, str(tmp_path)) for s in stages}
+    changed = {name for name in before if before[name] != after[name]}
+    assert changed == {name for name, files in closures.items() if "components/decode.py" in files}
+    assert {"ingest", "evaluate"} <= changed and "synthetic" not in changed

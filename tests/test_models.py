@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import time
 
 import keras
 import numpy as np
@@ -34,6 +36,17 @@ def no_network(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def _offline_get_file(fname, origin, *args, **kwargs):
+    """keras.utils.get_file on a machine without network: Keras raises a plain Exception."""
+    raise Exception(f"URL fetch failure on {origin}: None -- [Errno -3] Temporary failure in name resolution")
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Fetching ImageNet weights through Keras fails at once, as it does without network."""
+    monkeypatch.setattr(keras.utils, "get_file", _offline_get_file)
 
 
 @pytest.fixture
@@ -104,10 +117,54 @@ def test_compiled_loss_is_the_one_asked_for(loss):
 
 
 @pytest.mark.parametrize("backbone", models.BACKBONES)
-def test_missing_imagenet_weights_are_not_downloaded(backbone, monkeypatch, tmp_path, no_network):
+def test_missing_imagenet_weights_offline_are_refused(backbone, monkeypatch, tmp_path, offline, no_network):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     with pytest.raises(models.MissingWeightsError, match=rf"{tmp_path}/models.*--backbone_weights"):
         models.build_model2_parts(64, backbone=backbone, weights="imagenet")
+
+
+def test_missing_imagenet_weights_are_fetched_through_keras(monkeypatch, tmp_path, no_network):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    served = keras.applications.MobileNetV2(weights=None)
+    name = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5"
+    calls = []
+
+    def get_file(fname, origin, file_hash=None, cache_subdir="datasets", cache_dir=None, **kwargs):
+        calls.append((fname, origin, socket.getdefaulttimeout()))
+        path = os.path.join(cache_dir, cache_subdir, fname)
+        served.save(path)  # what the download leaves in the Keras cache
+        return path
+
+    monkeypatch.setattr(keras.utils, "get_file", get_file)
+    before = socket.getdefaulttimeout()
+    path = models.resolve_backbone_weights("mobilenet_v2", "imagenet")
+    assert path == str(tmp_path / "keras_home" / "models" / name)
+    url = f"https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/{name}"
+    assert calls == [(name, url, models.FETCH_TIMEOUT_S)]
+    assert socket.getdefaulttimeout() == before
+    parts = models.build_model2_parts(64, backbone="mobilenet_v2", weights="imagenet")
+    assert len(calls) == 1  # now read from the cache
+    for loaded, expected in zip(_classifier(parts.backbone).get_weights(), served.get_weights()):
+        np.testing.assert_array_equal(loaded, expected)
+
+
+def test_offline_imagenet_is_one_sentence_and_random_only_when_asked(monkeypatch, tmp_path, offline, no_network):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    start = time.monotonic()
+    with pytest.raises(models.MissingWeightsError) as info:
+        models.resolve_backbone_weights("mobilenet_v2", "imagenet")
+    message = str(info.value)
+    assert message.startswith(
+        "ImageNet weights for mobilenet_v2 are not in the Keras cache and could not be downloaded"
+    )
+    assert f"put mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5 in {tmp_path}/models/" in message
+    assert "\n" not in message and message.count(". ") == 0 and message.endswith(".")
+    assert models.resolve_backbone_weights("mobilenet_v2", "imagenet", allow_random_backbone=True) is None
+    assert time.monotonic() - start < 5
+    for random in ("none", "None", "NONE", None):
+        assert models.resolve_backbone_weights("mobilenet_v2", random) is None
+    with pytest.raises(ValueError, match="imagenet, none or a .h5"):
+        models.resolve_backbone_weights("mobilenet_v2", "resnet")
 
 
 def test_imagenet_weights_come_from_the_keras_cache(monkeypatch, tmp_path, no_network):

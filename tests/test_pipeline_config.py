@@ -143,17 +143,41 @@ def test_validate_names_the_key_and_the_fix(overrides, words):
     assert all(w in str(e.value) for w in words), str(e.value)
 
 
-def test_the_sections_match_the_components_they_configure():
-    """The choices repeated here (to load the config without TensorFlow) equal the components' own."""
-    from components import evaluator, models, tuner
+def test_the_sections_are_the_components_own_configs():
+    """A setting is declared once, by its component: the section is that dataclass, its defaults the component's."""
+    from components import evaluator, pusher, trainer, tuner
 
-    assert cfg.ALGORITHMS == tuner.ALGORITHMS and cfg.MODELS == models.FAMILIES
-    assert [f.name for f in dataclasses.fields(cfg.ThresholdsSection)] == [
-        f.name for f in dataclasses.fields(evaluator.Thresholds)]
-    assert dataclasses.asdict(cfg.ThresholdsSection()) == dataclasses.asdict(evaluator.Thresholds())
-    assert cfg.EvaluateSection().grid_images == evaluator.EvalConfig("m", "e", "o").grid_images
+    config = cfg.PipelineConfig()
+    assert type(config.train) is trainer.TrainConfig and type(config.evaluate) is evaluator.EvalConfig
+    assert type(config.push) is pusher.PushConfig and isinstance(config.tune, tuner.TuneConfig)
+    assert config.train == trainer.TrainConfig() and config.evaluate.thresholds == evaluator.Thresholds()
+    assert cfg.preset("report-model1").train.image_size == trainer.TrainConfig().image_size == 224
+
+
+@pytest.mark.parametrize("assignment, words", [
+    ("train.examples=/x", ["train.examples", "wired by the pipeline"]),
+    ("tune.image_size=96", ["tune.image_size follows train.image_size", "set train.image_size instead"]),
+    ("evaluate.baseline_model=/m", ["evaluate.baseline_model", "wired by the pipeline"]),
+])
+def test_keys_the_pipeline_wires_are_not_settable(assignment, words):
+    with pytest.raises(ConfigError) as e:
+        cfg.parse_args(["--set", assignment])
+    assert all(w in str(e.value) for w in words), str(e.value)
+
+
+def test_every_component_setting_is_a_config_key():
+    """What a component can do, the pipeline config can set: e.g. the trainer's precision and reduce-LR."""
+    config, _, _ = cfg.parse_args(["--set", "train.precision=float32", "--set", "train.reduce_lr=true",
+                                   "--set", "train.distribute=none", "--set", "push.batching.max_batch_size=16"])
+    assert (config.train.precision, config.train.reduce_lr, config.train.distribute) == ("float32", True, "none")
+    assert config.push.batching["max_batch_size"] == 16
+    values = cfg.settings_values(config)
+    assert "examples" not in values["train"] and values["train"]["precision"] == "float32"
+    assert cfg.from_settings(values) == config
 
 
 def test_hparams_overrides_pin_only_what_is_set():
-    train = cfg.TrainSection(model="model2", width=None, loss="huber", learning_rate=None, batch_size=16)
+    from components import trainer
+
+    train = trainer.TrainConfig(model="model2", width=None, loss="huber", learning_rate=None, batch_size=16)
     assert train.hparams_overrides() == {"family": "model2", "loss": "huber", "batch_size": 16}

@@ -109,6 +109,16 @@ def _backup_epoch(metadata) -> int:
         return 0
 
 
+@pytest.fixture
+def offline(monkeypatch):
+    """Fetching ImageNet weights through Keras fails at once, as it does without network."""
+
+    def get_file(fname, origin, *args, **kwargs):
+        raise Exception(f"URL fetch failure on {origin}: None -- [Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(keras.utils, "get_file", get_file)
+
+
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "components.trainer", *args]
 
@@ -253,7 +263,7 @@ def test_user_mistakes_get_one_sentence_and_exit_2(examples, tmp_path, capsys):
     assert exit_info.value.code == 2
 
 
-def test_model2_without_imagenet_weights_exits_2_with_the_sentence(examples, tmp_path, monkeypatch, capsys):
+def test_model2_without_imagenet_weights_exits_2_with_the_sentence(examples, tmp_path, monkeypatch, capsys, offline):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty_keras_home"))
     out = tmp_path / "run"
     path = _hparams_file(tmp_path, family="model2", backbone="mobilenet_v2", batch_size=2)
@@ -266,7 +276,7 @@ def test_model2_without_imagenet_weights_exits_2_with_the_sentence(examples, tmp
 
 
 def test_model2_head_trains_on_embeddings_with_a_random_backbone_and_saves_end_to_end(
-    embedded_examples, tmp_path, monkeypatch, caplog
+    embedded_examples, tmp_path, monkeypatch, caplog, offline
 ):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty_keras_home"))
     out = tmp_path / "run"

@@ -153,6 +153,7 @@ def test_model2_without_weights_stops_before_any_trial(examples, tmp_path, monke
     from components import models, tuner
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty_keras_home"))
+    monkeypatch.setattr(models.keras.utils, "get_file", _offline_get_file)  # never download in a test
     config = tiny_config(examples, str(tmp_path / "out"), fixed={"family": "model2"}).validate()
     with pytest.raises(models.MissingWeightsError, match="Keras cache"):
         tuner.tune(config)
@@ -160,6 +161,11 @@ def test_model2_without_weights_stops_before_any_trial(examples, tmp_path, monke
     config.allow_random_backbone = True
     assert tuner.backbone_weights(config) == {"inception_resnet_v2": None, "mobilenet_v2": None}
     assert "RANDOMLY INITIALISED" in caplog.text
+
+
+def _offline_get_file(fname, origin, *args, **kwargs):
+    """keras.utils.get_file on a machine without network: Keras raises a plain Exception."""
+    raise Exception(f"URL fetch failure on {origin}: None -- [Errno -3] Temporary failure in name resolution")
 
 
 def test_objective_forms():

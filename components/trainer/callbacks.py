@@ -1,0 +1,113 @@
+"""The trainer's Keras callbacks: resumable early stopping, best checkpoint, NaN stop, throughput, eval images."""
+
+from __future__ import annotations
+
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from components import loader
+from components.trainer.config import IMAGE_TAG
+
+
+
+class _ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping that, on resume, remembers the best val_loss and patience used before the interruption."""
+
+    def __init__(self, *, resume_best: float | None, resume_wait: int, **kwargs):
+        super().__init__(**kwargs)
+        self._resume_best, self._resume_wait = resume_best, resume_wait
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self._resume_best is not None:
+            self.best, self.wait = self._resume_best, self._resume_wait
+
+
+class _BestCheckpoint(keras.callbacks.ModelCheckpoint):
+    """ModelCheckpoint(save_best_only) of `saved` (the end-to-end model when the head is what trains)."""
+
+    def __init__(self, filepath: str, saved: keras.Model, **kwargs):
+        super().__init__(filepath, monitor="val_loss", save_best_only=True, **kwargs)
+        self._saved = saved
+
+    def set_model(self, model):
+        super().set_model(self._saved)
+
+
+class _NaNStop(keras.callbacks.TerminateOnNaN):
+    """TerminateOnNaN that remembers where the loss stopped being finite."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = 0
+        self.stopped_at: tuple[int, int] | None = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(loss) and self.stopped_at is None:
+            self.stopped_at = (self.epoch, batch)
+        super().on_batch_end(batch, logs)
+
+
+class _Throughput(keras.callbacks.Callback):
+    """Training examples per second, leaving out the first epoch of this process (tracing) when there are more."""
+
+    def __init__(self, global_batch: int):
+        super().__init__()
+        self._global_batch = global_batch
+        self._epochs: list[tuple[int, float]] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start, self._batches = time.perf_counter(), 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._batches, self._last = batch + 1, time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._batches:
+            self._epochs.append((self._batches, self._last - self._start))
+
+    def examples_per_second(self) -> float | None:
+        timed = self._epochs[1:] or self._epochs
+        seconds = sum(s for _, s in timed)
+        return round(sum(b for b, _ in timed) * self._global_batch / seconds, 2) if seconds > 0 else None
+
+
+def gray_predicted_truth(l: np.ndarray, predicted_ab: np.ndarray, true_ab: np.ndarray) -> tf.Tensor:
+    """RGB panels [B, S, 3S, 3] in [0, 1]: the L input as gray | L + predicted ab | L + true ab (ab in ab/128 units)."""
+    from components.color import lab_to_rgb
+
+    l = tf.convert_to_tensor(l, tf.float32)
+    gray = tf.repeat(l / 100.0, 3, axis=-1)
+    predicted = lab_to_rgb(tf.concat([l, tf.cast(predicted_ab, tf.float32) * loader.AB_SCALE], -1))
+    truth = lab_to_rgb(tf.concat([l, tf.cast(true_ab, tf.float32) * loader.AB_SCALE], -1))
+    return tf.concat([gray, predicted, truth], axis=2)
+
+
+class _EvalImages(keras.callbacks.Callback):
+    """Each epoch, a TensorBoard image of gray | predicted | truth for a fixed eval batch."""
+
+    def __init__(self, log_dir: str, batch: tuple[np.ndarray, np.ndarray], predictor: keras.Model):
+        super().__init__()
+        self._l, self._ab = batch
+        self._predictor = predictor
+        self._writer = tf.summary.create_file_writer(log_dir)
+
+    def on_epoch_end(self, epoch, logs=None):
+        predicted = self._predictor(self._l, training=False)
+        with self._writer.as_default():
+            tf.summary.image(
+                IMAGE_TAG, gray_predicted_truth(self._l, predicted, self._ab), step=epoch,
+                max_outputs=len(self._l), description="fixed eval batch: gray input | predicted | truth",
+            )
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        self._writer.close()
+
