@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import logging
 import os
@@ -45,6 +46,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from schemas.artifacts import (
+    AB_COUNTS_FILE,
     AB_HISTOGRAM_FILE,
     DUPLICATES_FILE,
     EXAMPLES_DIR,
@@ -306,6 +308,18 @@ class ToExample(beam.DoFn):
 # ---------------------------------------------------------------- statistics
 
 
+def _add_ab(by_split: dict, split: str, counts: np.ndarray) -> None:
+    if split in by_split:
+        by_split[split] += counts
+    else:
+        by_split[split] = counts.astype(np.int64, copy=True)
+
+
+def total_ab(acc: dict) -> np.ndarray:
+    """The full-resolution ab histogram over every split."""
+    return sum(acc["ab_hist"].values(), np.zeros((256, 256), np.int64))
+
+
 class IngestStatistics(beam.CombineFn):
     """Combines per-file events (and per-bundle partial statistics) into counts, histograms and colourfulness."""
 
@@ -318,7 +332,7 @@ class IngestStatistics(beam.CombineFn):
             "duplicates": {},  # source -> n
             "colorfulness_sum": {},  # split -> float
             "l_hist": np.zeros(256, np.int64),
-            "ab_hist": np.zeros((256, 256), np.int64),
+            "ab_hist": {},  # split -> 256x256 counts of (a code, b code)
         }
 
     def add_input(self, acc, event):
@@ -334,7 +348,7 @@ class IngestStatistics(beam.CombineFn):
             acc["written"][(split, source)] = acc["written"].get((split, source), 0) + 1
             acc["colorfulness_sum"][split] = acc["colorfulness_sum"].get(split, 0.0) + colorfulness
             acc["l_hist"] += l_hist
-            acc["ab_hist"] += ab_hist
+            _add_ab(acc["ab_hist"], split, ab_hist)
         elif kind == "rejected":
             key = (event[1], event[2])
             acc["rejected"][key] = acc["rejected"].get(key, 0) + 1
@@ -348,7 +362,8 @@ class IngestStatistics(beam.CombineFn):
             for k, v in acc[key].items():
                 merged[key][k] = merged[key].get(k, 0) + v
         merged["l_hist"] += acc["l_hist"]
-        merged["ab_hist"] += acc["ab_hist"]
+        for split, counts in acc["ab_hist"].items():
+            _add_ab(merged["ab_hist"], split, counts)
         return merged
 
     def merge_accumulators(self, accumulators):
@@ -396,7 +411,7 @@ def summarize(acc: dict, config: IngestConfig) -> dict:
     n_written = totals["written"]
     total_cf = sum(acc["colorfulness_sum"].values())
     l_hist = acc["l_hist"]
-    ab_hist = bin_ab(acc["ab_hist"])
+    ab_hist = bin_ab(total_ab(acc))
     pixels = int(l_hist.sum())
     bins = 256 // AB_BIN
     centres = (np.arange(bins) * AB_BIN + (AB_BIN - 1) / 2.0) - AB_OFFSET
@@ -462,7 +477,11 @@ def write_statistics(acc: dict, config: IngestConfig) -> dict:
     with FileSystems.create(FileSystems.join(config.output_dir, STATISTICS_FILE)) as f:
         f.write(json.dumps(stats, indent=1).encode("utf-8"))
     with FileSystems.create(FileSystems.join(config.output_dir, AB_HISTOGRAM_FILE)) as f:
-        f.write(render_ab_histogram(bin_ab(acc["ab_hist"])))
+        f.write(render_ab_histogram(bin_ab(total_ab(acc))))
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **{split: counts for split, counts in sorted(acc["ab_hist"].items())})
+    with FileSystems.create(FileSystems.join(config.output_dir, AB_COUNTS_FILE)) as f:
+        f.write(buffer.getvalue())
     return stats
 
 

@@ -4,9 +4,14 @@ EXAMPLES_DIR = "examples"  # examples/<split>/data-*-of-*.tfrecord.gz
 SCHEMA_FILE = "schema/schema.pbtxt"
 STATISTICS_FILE = "statistics/statistics.json"
 AB_HISTOGRAM_FILE = "statistics/ab_histogram.png"
+AB_COUNTS_FILE = "statistics/ab_counts.npz"  # per split: 256x256 pixel counts of (a code, b code), as histograms()
 REJECTED_FILE = "rejected.jsonl"
 DUPLICATES_FILE = "duplicates.jsonl"
 ANOMALIES_FILE = "anomalies.json"
+
+# statistics stage outputs: the training split's ab prior (components.statistics)
+PRIOR_FILE = "prior.json"  # bins, smoothed distribution, rebalancing weights (colorbins.ColorPrior)
+PRIOR_PICTURE_FILE = "prior.png"
 
 # trainer and tuner outputs, named here so the pipeline can build command lines without importing TensorFlow
 MODEL_FILE = "model.keras"
