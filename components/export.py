@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import tensorflow as tf
 
+from components import colorbins  # noqa: F401 - registers the classification head's layer for load_model
 from components import color
 from schemas import AB_SCALE
 from schemas.serving import (  # noqa: F401  the serving contract, re-exported: export.SERVING_SIGNATURE, ...

@@ -2,6 +2,9 @@
 
 The trainer uses DEFAULTS (the report's settings) unless given a best
 hyperparameters JSON written by the tuner; the tuner searches SEARCH_SPACE.
+The `loss` (mse or huber) is the regression head's: the classification head
+(Zhang et al. 2016) always trains with the class-rebalanced cross-entropy, so
+the tuner searches `loss` only for regression trials.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ from typing import Any
 FAMILIES = ("model1", "model2")
 BACKBONES = ("inception_resnet_v2", "mobilenet_v2")
 LOSSES = ("mse", "huber")
-"""The model families, Model 2's backbones and the losses (components.models builds them); here so a config
-can name its choices without importing Keras."""
+HEADS = ("regression", "classification")
+"""The model families, Model 2's backbones, the regression head's losses and the output heads (regression: tanh
+ab; classification: logits over colorbins' ab bins decoded by the annealed mean); components.models builds them;
+here so a config can name its choices without importing Keras."""
 
 # The report: Model 1, Adam at Keras's default rate, MSE, batch 48.
 DEFAULTS: dict[str, Any] = {
@@ -23,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "loss": "mse",
     "learning_rate": 1e-3,
     "batch_size": 48,
+    "head": "regression",
 }
 
 # name -> (kind, choices or (min, max, sampling)); read by define_search_space.
@@ -33,7 +39,12 @@ SEARCH_SPACE: dict[str, tuple] = {
     "loss": ("choice", LOSSES),
     "learning_rate": ("float", (1e-4, 3e-3, "log")),
     "batch_size": ("choice", (16, 32, 48)),
+    "head": ("choice", HEADS),
 }
+
+
+_CONDITIONAL = {"backbone": ("family", "model2"), "loss": ("head", "regression")}
+"""name -> (parent, the parent's value under which it is searched)."""
 
 
 class HparamsError(Exception):
@@ -44,8 +55,10 @@ def define_search_space(hp, fixed: dict[str, Any] | None = None) -> dict[str, An
     """Register SEARCH_SPACE on a keras_tuner HyperParameters; returns the sampled values.
 
     Names in `fixed` are pinned with hp.Fixed (e.g. family=model1 when the
-    user chose the model). The backbone only matters for model2, so it is a
-    conditional hyperparameter: model1 trials do not search it.
+    user chose the model). The backbone only matters for model2 and the loss
+    only for the regression head, so they are conditional hyperparameters:
+    model1 trials do not search the backbone, classification trials not the
+    loss (their value is then DEFAULTS').
     """
     fixed = fixed or {}
     values: dict[str, Any] = {}
@@ -53,17 +66,18 @@ def define_search_space(hp, fixed: dict[str, Any] | None = None) -> dict[str, An
         if name in fixed:
             values[name] = hp.Fixed(name, fixed[name])
             continue
-        if name == "backbone":
+        if name in _CONDITIONAL:
             continue
         if kind == "choice":
             values[name] = hp.Choice(name, list(spec))
         else:
             low, high, sampling = spec
             values[name] = hp.Float(name, low, high, sampling=sampling)
-    if "backbone" not in values:
-        with hp.conditional_scope("family", ["model2"]):
-            backbone = hp.Choice("backbone", list(SEARCH_SPACE["backbone"][1]))
-        values["backbone"] = backbone if values["family"] == "model2" else DEFAULTS["backbone"]
+    for name, (parent, active) in _CONDITIONAL.items():
+        if name not in values:
+            with hp.conditional_scope(parent, [active]):
+                value = hp.Choice(name, list(SEARCH_SPACE[name][1]))
+            values[name] = value if values[parent] == active else DEFAULTS[name]
     return values
 
 
@@ -73,7 +87,7 @@ def validate(hparams: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise HparamsError(f"unknown hyperparameters {unknown}; known ones are {sorted(DEFAULTS)}.")
     merged = {**DEFAULTS, **hparams}
-    for name in ("family", "backbone", "loss"):
+    for name in ("family", "backbone", "loss", "head"):
         choices = SEARCH_SPACE[name][1]
         if merged[name] not in choices:
             raise HparamsError(f"{name} must be one of {list(choices)}, got {merged[name]!r}.")

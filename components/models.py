@@ -11,6 +11,17 @@ into a `backbone` (L -> embedding) and a `head` ({"l", "embedding"} -> ab)
 that shares every trainable layer with the end-to-end model: training the
 head on precomputed embeddings trains the end-to-end model.
 
+Both models come with one of two heads (`head`): "regression" (the report's:
+a 3x3 tanh convolution to ab/128, trained with MSE or Huber) or
+"classification" (Zhang, Isola & Efros 2016): a 1x1 convolution to logits over
+the Q in-gamut ab bins of components.colorbins ("ab_logits"), decoded by the
+annealed mean (colorbins.AnnealedMean, its temperature baked into the model)
+to ab/128. Either way the last layer upsamples by 2 to the input's size, so the
+saved model's contract (L in, ab/128 out) is the same. The classification
+model trains through `logits_model(model)`, which shares its layers, with the
+class-rebalanced cross-entropy against a colorbins.ColorPrior; `compile_model`
+returns the model to fit.
+
 Model 2's backbone weights follow one rule, `resolve_backbone_weights`, which
 the trainer, the tuner and the embeddings job all use: "imagenet" is read from
 the Keras cache (`$KERAS_HOME/models/` or `~/.keras/models/`) and, when it is
@@ -20,6 +31,10 @@ TensorFlow can read) is loaded as given; "none" builds a random backbone.
 
     from components import models
     model = models.compile_model(models.build_model("model1", 224), loss="mse")
+
+    model = models.build_model("model1", 224, head="classification")     # saved and served: L -> ab/128
+    fitted = models.compile_model(model, head="classification", prior=colorbins.ColorPrior.load("prior.json"))
+    fitted.fit(...)                                                      # L -> logits; trains `model`
 """
 
 from __future__ import annotations
@@ -35,15 +50,20 @@ import tempfile
 from typing import Callable, NamedTuple
 
 import keras
-from components.hparams import BACKBONES, FAMILIES, LOSSES
+from components import colorbins
+from components.hparams import BACKBONES, FAMILIES, HEADS, LOSSES
 from components.settings import NONE
-from schemas import EMBEDDING_SIZE
+from schemas import AB_SCALE, EMBEDDING_SIZE
 
 IMAGENET = "imagenet"
 FETCH_TIMEOUT_S = 20.0
 """Seconds each network operation of fetching ImageNet weights may block (socket default timeout)."""
 HUBER_DELTA = 0.1
 """In ab/128 units (about 13 ab): Keras's default 1.0 exceeds almost every error on ab/128, making it plain MSE/2."""
+TEMPERATURE = 0.38
+"""The classification head's annealed-mean temperature (the paper's): lower is more vivid but blotchier, 1 the mean."""
+LOGITS_LAYER = "ab_logits"
+"""The classification head's 1x1 convolution: logits over colorbins.in_gamut_centres() at half the input's side."""
 
 _MODEL1_ENCODER = ((64, 3, 1), (128, 3, 2), (256, 3, 1), (256, 3, 2), (256, 3, 1), (256, 3, 2), (256, 4, 1),
                    (256, 3, 1), (256, 3, 1))
@@ -116,9 +136,24 @@ def _conv(filters: int, width: float, name: str, kernel: int = 3, strides: int =
     return keras.layers.Conv2D(scaled, kernel, strides=strides, padding="same", activation="relu", name=name)
 
 
-def _ab_output(x):
-    """Conv2 tanh then the last Up2x, both float32 so mixed-precision models still emit float32 ab."""
-    x = keras.layers.Conv2D(2, 3, padding="same", activation="tanh", dtype="float32", name="ab_conv")(x)
+def _check_head(head: str, temperature: float) -> None:
+    _check_choice("head", head, HEADS)
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not temperature > 0:
+        raise ValueError(f"temperature must be a positive number ({TEMPERATURE} is the paper's), got {temperature!r}.")
+
+
+def _ab_output(x, head: str = "regression", temperature: float = TEMPERATURE):
+    """The head at H/2, then the last Up2x, all float32 so mixed-precision models still emit float32 ab.
+
+    regression: Conv2 3x3 tanh to ab/128 (the report's). classification: a 1x1 Conv to one logit per
+    colorbins bin ("ab_logits"), then the annealed mean at `temperature` to ab/128.
+    """
+    if head == "classification":
+        centres = colorbins.in_gamut_centres()
+        x = keras.layers.Conv2D(len(centres), 1, dtype="float32", name=LOGITS_LAYER)(x)
+        x = colorbins.AnnealedMean(centres, temperature, name="ab_annealed_mean")(x)
+    else:
+        x = keras.layers.Conv2D(2, 3, padding="same", activation="tanh", dtype="float32", name="ab_conv")(x)
     return keras.layers.UpSampling2D(2, dtype="float32", name="ab")(x)
 
 
@@ -126,9 +161,12 @@ def _l_input(image_size: int) -> keras.KerasTensor:
     return keras.Input(shape=(int(image_size), int(image_size), 1), name="l", dtype="float32")
 
 
-def build_model1(image_size: int = 224, width: float = 1.0) -> keras.Model:
-    """The report's Model 1 (4,756,770 trainable parameters at width 1.0)."""
+def build_model1(
+    image_size: int = 224, width: float = 1.0, head: str = "regression", temperature: float = TEMPERATURE
+) -> keras.Model:
+    """The report's Model 1 (4,756,770 trainable parameters at width 1.0 with the regression head)."""
     _check_size_and_width(image_size, width)
+    _check_head(head, temperature)
     l = _l_input(image_size)
     x = l
     for i, (filters, kernel, strides) in enumerate(_MODEL1_ENCODER, start=1):
@@ -138,7 +176,7 @@ def build_model1(image_size: int = 224, width: float = 1.0) -> keras.Model:
     x = _conv(64, width, "decoder_conv2")(x)
     x = keras.layers.UpSampling2D(2, name="decoder_up2")(x)
     x = _conv(32, width, "decoder_conv3")(x)
-    return keras.Model(l, _ab_output(x), name="model1")
+    return keras.Model(l, _ab_output(x, head, temperature), name="model1")
 
 
 def _weights_dir() -> str:
@@ -272,7 +310,9 @@ def _build_backbone(image_size: int, backbone: str, weights: str | None) -> kera
     return keras.Model(l, embedding, name="model2_backbone")
 
 
-def _build_head(image_size: int, width: float) -> keras.Model:
+def _build_head(
+    image_size: int, width: float, head: str = "regression", temperature: float = TEMPERATURE
+) -> keras.Model:
     """{"l": L, "embedding": 1000 probabilities} -> ab/128: every trainable layer of Model 2."""
     l = _l_input(image_size)
     embedding = keras.Input(shape=(EMBEDDING_SIZE,), name="embedding", dtype="float32")
@@ -290,13 +330,14 @@ def _build_head(image_size: int, width: float) -> keras.Model:
     x = keras.layers.UpSampling2D(2, name="decoder_up2")(x)
     x = _conv(32, width, "decoder_conv3")(x)
     x = _conv(16, width, "decoder_conv4")(x)
-    return keras.Model({"l": l, "embedding": embedding}, _ab_output(x), name="model2_head")
+    return keras.Model({"l": l, "embedding": embedding}, _ab_output(x, head, temperature), name="model2_head")
 
 
 def build_model2_parts(
-    image_size: int = 224, width: float = 1.0, backbone: str = "inception_resnet_v2", weights: str | None = None
+    image_size: int = 224, width: float = 1.0, backbone: str = "inception_resnet_v2", weights: str | None = None,
+    head: str = "regression", temperature: float = TEMPERATURE,
 ) -> Model2Parts:
-    """The report's Model 2 (7,075,922 trainable parameters at 224) and its backbone/head split.
+    """The report's Model 2 (7,075,922 trainable parameters at 224, regression head) and its backbone/head split.
 
     `weights`: as resolve_backbone_weights takes it: "none" or None (random
     backbone: not the report's model, a warning is logged), "imagenet" (the
@@ -304,44 +345,148 @@ def build_model2_parts(
     """
     _check_size_and_width(image_size, width)
     _check_choice("backbone", backbone, BACKBONES)
+    _check_head(head, temperature)
     if is_random(weights):
         _log.warning(
             "Model 2 is built with a randomly initialised %s: its embeddings carry no ImageNet meaning, "
             "so this is not the report's Model 2.", backbone,
         )
     backbone_model = _build_backbone(image_size, backbone, weights)
-    head = _build_head(image_size, width)
+    head_model = _build_head(image_size, width, head, temperature)
     l = _l_input(image_size)
-    ab = head({"l": l, "embedding": backbone_model(l)})
-    return Model2Parts(keras.Model(l, ab, name="model2"), backbone_model, head)
+    ab = head_model({"l": l, "embedding": backbone_model(l)})
+    return Model2Parts(keras.Model(l, ab, name="model2"), backbone_model, head_model)
 
 
 def build_model2(
-    image_size: int = 224, width: float = 1.0, backbone: str = "inception_resnet_v2", weights: str | None = None
+    image_size: int = 224, width: float = 1.0, backbone: str = "inception_resnet_v2", weights: str | None = None,
+    head: str = "regression", temperature: float = TEMPERATURE,
 ) -> keras.Model:
     """Model 2 end to end: L in, ab/128 out, the backbone input derived in the graph."""
-    return build_model2_parts(image_size, width, backbone, weights).end_to_end
+    return build_model2_parts(image_size, width, backbone, weights, head, temperature).end_to_end
 
 
 def build_model(
     family: str, image_size: int, *, width: float = 1.0, backbone: str = "inception_resnet_v2",
-    weights: str | None = None,
+    weights: str | None = None, head: str = "regression", temperature: float = TEMPERATURE,
 ) -> keras.Model:
-    """One entry point for the trainer and tuner; `backbone` and `weights` only matter to model2."""
+    """One entry point for the trainer and tuner; `backbone` and `weights` only matter to model2, `temperature`
+    (the annealed mean's, saved in the model) only to the classification head."""
     _check_choice("model family", family, FAMILIES)
     if family == "model1":
-        return build_model1(image_size, width)
-    return build_model2(image_size, width, backbone, weights)
+        return build_model1(image_size, width, head, temperature)
+    return build_model2(image_size, width, backbone, weights, head, temperature)
 
 
-def compile_model(model: keras.Model, *, learning_rate: float = 1e-3, loss: str = "mse") -> keras.Model:
-    """Adam with MSE (the report's) or Huber on ab/128; mean absolute error is reported alongside."""
+# ---------------------------------------------------------------- the classification head
+
+
+def _annealed_mean_layer(model: keras.Model) -> colorbins.AnnealedMean | None:
+    """The model's AnnealedMean layer, looking inside nested models (Model 2's head); None for regression."""
+    for layer in model.layers:
+        if isinstance(layer, colorbins.AnnealedMean):
+            return layer
+        if isinstance(layer, keras.Model):
+            found = _annealed_mean_layer(layer)
+            if found is not None:
+                return found
+    return None
+
+
+def head_of(model: keras.Model) -> str:
+    """ "classification" when the model decodes ab bins with an annealed mean (nested models included), else
+    "regression"; works on a model loaded from .keras too."""
+    return "regression" if _annealed_mean_layer(model) is None else "classification"
+
+
+def centres_of(model: keras.Model):
+    """The classification model's bin centres [Q, 2] (LAB units), from its AnnealedMean layer."""
+    layer = _annealed_mean_layer(model)
+    if layer is None:
+        raise ValueError(f"Model {model.name} has the regression head; it has no colour bins.")
+    return layer.centres
+
+
+def logits_model(model: keras.Model) -> keras.Model:
+    """The same inputs to the "ab_logits" tensor [B, S/2, S/2, Q] (float32): what the classification head trains.
+
+    It is built from `model`'s own layers, so fitting it trains `model` (and its saved, end-to-end form). For
+    Model 2 end to end (backbone and head nested) the head's logits are wired to the backbone's embedding of the
+    same L input.
+    """
+    names = [layer.name for layer in model.layers]
+    if LOGITS_LAYER in names:
+        return keras.Model(model.inputs, model.get_layer(LOGITS_LAYER).output, name=f"{model.name}_logits")
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    heads = [layer for layer in nested if head_of(layer) == "classification"]
+    if not heads:
+        raise ValueError(f"Model {model.name} has the regression head; build it with head='classification'.")
+    head_logits = logits_model(heads[0])
+    backbones = [layer for layer in nested if layer is not heads[0]]
+    if len(backbones) != 1 or len(model.inputs) != 1 or len(head_logits.inputs) != 2:
+        raise ValueError(f"Cannot find the logits of model {model.name}; build it with components.models.build_model.")
+    l = model.inputs[0]
+    return keras.Model(l, head_logits({"l": l, "embedding": backbones[0](l)}), name=f"{model.name}_logits")
+
+
+@keras.saving.register_keras_serializable(package="colorization")
+class DecodedMeanAbsoluteError(keras.metrics.MeanMetricWrapper):
+    """Keras's mean absolute error on ab/128, for a model that outputs logits: the logits are decoded by the
+    annealed mean and upsampled (nearest, as the model's last Up2x) to the target's size first, so the number is
+    the one "mae" gives for the end-to-end model and compares the two heads (the tuner's val_mae)."""
+
+    def __init__(self, centres=None, temperature: float = TEMPERATURE, name: str = "mae", dtype=None):
+        self.centres = colorbins._centres(centres)
+        self.temperature = float(temperature)
+        super().__init__(fn=self._decoded_error, name=name, dtype=dtype)
+
+    def _decoded_error(self, y_true, logits):
+        ab = colorbins.annealed_mean(logits, self.centres, self.temperature) / AB_SCALE
+        factor = keras.ops.shape(y_true)[1] // keras.ops.shape(ab)[1]
+        ab = keras.ops.repeat(keras.ops.repeat(ab, factor, axis=1), factor, axis=2)
+        return keras.losses.mean_absolute_error(y_true, ab)
+
+    def get_config(self):
+        return {"name": self.name, "dtype": self.dtype, "centres": self.centres.tolist(),
+                "temperature": self.temperature}
+
+
+def compile_model(
+    model: keras.Model, *, learning_rate: float = 1e-3, loss: str = "mse", head: str = "regression",
+    prior: colorbins.ColorPrior | None = None,
+) -> keras.Model:
+    """Compile for training and return the model to fit.
+
+    regression: `model` itself, with Adam and MSE (the report's) or Huber on ab/128, mean absolute error
+    reported alongside as "mae". classification: `logits_model(model)` (which shares `model`'s layers) with Adam
+    and colorbins.RebalancedCrossEntropy weighted by `prior` (the statistics stage's), "mae" being the same
+    error of the decoded ab; `loss` is ignored. `head` must be the model's own.
+    """
+    _check_choice("head", head, HEADS)
     _check_choice("loss", loss, LOSSES)
     if not learning_rate > 0:
         raise ValueError(f"learning_rate must be positive, got {learning_rate!r}.")
+    if head_of(model) != head:
+        raise ValueError(f"Model {model.name} has the {head_of(model)} head, not the {head} head compile_model was "
+                         "asked for; build it with the same head.")
+    optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
+    if head == "classification":
+        if prior is None:
+            raise ValueError("The classification head trains with the class-rebalanced cross-entropy, which needs "
+                             "the colour prior: pass prior=colorbins.ColorPrior.load(path to the statistics stage's "
+                             "prior.json).")
+        layer = _annealed_mean_layer(model)
+        prior.check_compatible(layer.centres)
+        fitted = logits_model(model)
+        fitted.compile(
+            optimizer=optimizer,
+            loss=colorbins.RebalancedCrossEntropy(layer.centres, prior.weights),
+            metrics=[DecodedMeanAbsoluteError(layer.centres, layer.temperature, name="mae")],
+        )
+        return fitted
     loss_fn = keras.losses.MeanSquaredError() if loss == "mse" else keras.losses.Huber(delta=HUBER_DELTA)
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        optimizer=optimizer,
         loss=loss_fn,
         metrics=[keras.metrics.MeanAbsoluteError(name="mae")],
     )

@@ -1,8 +1,10 @@
 """The pipeline's DAG, as data flow: which stage adapter takes which upstream output.
 
     synthetic.images     -> ingest (only without --data_dir)
-    ingest.examples      -> validate, tune, train, evaluate
+    ingest.examples      -> validate, statistics, tune, train, evaluate
     validate             -> tune, train (a gate: they start only after the records passed)
+    statistics.prior     -> tune, train, evaluate (the training split's ab prior: the classification head's
+                            rebalancing weights, the evaluator's rebalanced AuC)
     tune.best_hparams    -> train.hparams
     train.model          -> evaluate.model, push.model
     evaluate.evaluation  -> push.evaluation (blessing.json)
@@ -17,9 +19,9 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline import executor
-from pipeline.stages import evaluator, example_gen, pusher, synthetic, trainer, tuner, validator
+from pipeline.stages import evaluator, example_gen, pusher, statistics, synthetic, trainer, tuner, validator
 
-ADAPTERS = (synthetic, example_gen, validator, tuner, trainer, evaluator, pusher)
+ADAPTERS = (synthetic, example_gen, validator, statistics, tuner, trainer, evaluator, pusher)
 """The stage adapters in execution order (each module's NAME is the stage's name)."""
 
 

@@ -45,6 +45,7 @@ def summary(manifest: mf.Manifest, cfg: config_lib.PipelineConfig) -> str:
 
     line("ingest", "examples", "examples")
     line("ingest", "statistics", "statistics")
+    line("statistics", "colour prior", "prior")
     line("tune", "best hparams", "best_hparams")
     line("train", "model", "model")
     line("evaluate", "metrics", "metrics")
@@ -52,9 +53,12 @@ def summary(manifest: mf.Manifest, cfg: config_lib.PipelineConfig) -> str:
     evaluation = stages.get("evaluate")
     if evaluation and evaluation.metrics.get("model"):
         m, g = evaluation.metrics["model"], evaluation.metrics["gray"]
+        ratio = m["colorfulness"] / m["colorfulness_truth"] if m["colorfulness_truth"] else None
         lines.append(f"  {'result':<14}PSNR {m['psnr']:.2f} dB (gray {g['psnr']:.2f}), colorfulness "
-                     f"{m['colorfulness']:.1f} vs truth {m['colorfulness_truth']:.1f} (gray 0): "
-                     f"{'blessed' if evaluation.metrics.get('blessed') else 'not blessed'}")
+                     f"{m['colorfulness']:.1f} vs truth {m['colorfulness_truth']:.1f}"
+                     + (f" ({100 * ratio:.0f}%)" if ratio is not None else "") + ": "
+                     + (evaluation.metrics.get("reason") or
+                        ("blessed" if evaluation.metrics.get("blessed") else "not blessed")))
     push = stages.get("push")
     serving = cfg.serving_dir
     if push and push.metrics.get("pushed"):

@@ -13,15 +13,17 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from components import color, evaluator, loader, models
+from components import color, colorbins, evaluator, loader, models
 from components.evaluator import EvalConfig, Thresholds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 32
 METRIC_KEYS = {
     "psnr", "ssim", "ab_mse", "colorfulness", "colorfulness_truth", "colorfulness_diff", "colorfulness_abs",
-    "colorfulness_abs_truth", "colorfulness_abs_diff", "auc",
+    "colorfulness_abs_truth", "colorfulness_abs_diff", "auc", "colorfulness_ratio", "auc_rebalanced",
 }
+SEPIA = (8.0, 18.0)
+"""A constant brownish cast in LAB ab units: what an ab-regressing model tends to paint everywhere."""
 HISTORICAL = {"portrait": ((37, 50), "L", "png"), "street": ((64, 41), "RGB", "jpg")}
 """stem -> ((width, height), PIL mode, extension) of the generated 'old photos'."""
 
@@ -74,12 +76,22 @@ def historical_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def evaluated(examples, models_dir, historical_dir, tmp_path_factory):
-    """One full evaluation: batches of 2, the same-weights SavedModel as baseline, historical photos."""
+def prior_path(tmp_path_factory) -> str:
+    """A colour prior as the statistics stage writes it: most pixels dull (near a = b = 0), a few saturated."""
+    a, b = np.meshgrid(np.arange(256) - 128.0, np.arange(256) - 128.0, indexing="ij")
+    counts = np.round(1e4 * np.exp(-(a**2 + b**2) / (2 * 15.0**2))) + 1
+    path = str(tmp_path_factory.mktemp("prior") / "prior.json")
+    colorbins.ColorPrior.from_counts(counts).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def evaluated(examples, models_dir, historical_dir, prior_path, tmp_path_factory):
+    """One full evaluation: batches of 2, the same-weights SavedModel as baseline, historical photos, a prior."""
     out = str(tmp_path_factory.mktemp("eval"))
     config = EvalConfig(
         model=models_dir["keras"], examples=examples, output_dir=out, baseline_model=models_dir["same"],
-        batch_size=2, historical_dir=historical_dir,
+        batch_size=2, historical_dir=historical_dir, prior=prior_path,
     )
     return evaluator.evaluate(config)
 
@@ -156,7 +168,8 @@ def _metrics(psnr: float, diff: float) -> dict:
 
 def test_blessing_needs_gray_beaten_and_no_regression_beyond_tolerance():
     gray = _metrics(20.0, -30.0)
-    t = Thresholds(min_psnr_gain_db=0.5, max_psnr_drop_db=0.1, max_colorfulness_drop=1.0)
+    t = Thresholds(min_psnr_gain_db=0.5, min_colorfulness_gain=0.0, min_colorfulness_recovered=0.0,
+                   max_psnr_drop_db=0.1, max_colorfulness_drop=1.0)  # the old rule: no colorfulness_recovered check
 
     blessed, checks = evaluator.bless({"model": _metrics(21.0, -10.0), "gray": gray, "baseline": None}, t)
     assert blessed and [c["name"] for c in checks] == ["psnr_vs_gray", "colorfulness_vs_gray"]
@@ -180,6 +193,151 @@ def test_blessing_needs_gray_beaten_and_no_regression_beyond_tolerance():
     assert [c["name"] for c in checks if not c["passed"]] == ["colorfulness_vs_gray", "colorfulness_vs_baseline"]
 
 
+# ---------------------------------------------------------------- colour: rebalanced AuC, ratio, no sepia blessing
+
+
+def _pythagorean_errors(shape) -> np.ndarray:
+    """Per-pixel ab errors of exact lengths 0, 5, 10, 30, 40, 100 and 160 (past the sweep), cycling over pixels."""
+    vectors = np.array([[0, 0], [3, 4], [-6, 8], [18, -24], [0, 40], [-100, 0], [96, 128]], np.float32)
+    index = np.arange(np.prod(shape[:-1])).reshape(shape[:-1]) % len(vectors)
+    return vectors[index]
+
+
+def test_rebalanced_auc_matches_a_hand_computation_and_is_the_auc_with_unit_weights(examples):
+    l, ab = _first_batch(examples)
+    errors = _pythagorean_errors(ab.shape)
+    predicted = ab + errors
+    centres = colorbins.in_gamut_centres()
+    weights = np.random.default_rng(7).uniform(0.2, 5.0, len(centres))
+    acc = evaluator.MetricAccumulator(weight_table=evaluator.weight_table(centres, weights))
+    acc.update(l, predicted, ab)
+    m = acc.result()
+
+    true_ab = ab.numpy().reshape(-1, 2)
+    assert np.array_equal(true_ab, np.round(true_ab))  # the truth's ab are codes: its nearest bins are exact
+    w = weights[colorbins.nearest_centre(true_ab, centres)]  # the TRUE ab's bin weights, not the prediction's
+    distance = np.hypot(errors[..., 0], errors[..., 1]).reshape(-1)
+    curve = np.array([(w * (distance <= t)).sum() / w.sum() for t in range(evaluator.AUC_MAX_THRESHOLD + 1)])
+    assert m["auc_rebalanced"] == pytest.approx(curve.mean(), rel=1e-9)
+    np.testing.assert_allclose(acc.rebalanced_auc_curve(), curve, rtol=1e-9)
+    assert m["auc_rebalanced"] != pytest.approx(m["auc"], rel=1e-3)  # the weights matter
+
+    ones = evaluator.MetricAccumulator(weight_table=evaluator.weight_table(centres, np.ones(len(centres))))
+    ones.update(l, predicted, ab)
+    unit = ones.result()
+    assert unit["auc_rebalanced"] == pytest.approx(unit["auc"], rel=1e-12)
+    plain = np.mean([(distance <= t).mean() for t in range(evaluator.AUC_MAX_THRESHOLD + 1)])
+    assert unit["auc"] == pytest.approx(plain, rel=1e-9)
+
+    no_prior = evaluator.MetricAccumulator()
+    no_prior.update(l, predicted, ab)
+    assert no_prior.result()["auc_rebalanced"] is None and no_prior.result()["auc"] == unit["auc"]
+
+
+def test_rebalanced_auc_counts_a_rare_colour_as_much_as_the_common_ones(examples, prior_path):
+    """Right on the dull pixels only: the plain AuC is high, the rebalanced one is pulled down by the rare ones."""
+    l, ab = _first_batch(examples)
+    prior = colorbins.ColorPrior.load(prior_path)
+    chroma = np.hypot(ab[..., 0], ab[..., 1])
+    dull = (chroma < 20.0)[..., None]
+    predicted = tf.where(dull, ab, tf.zeros_like(ab))  # gray wherever the truth is saturated
+    acc = evaluator.MetricAccumulator(weight_table=evaluator.weight_table(prior.centres, prior.weights))
+    acc.update(l, predicted, ab)
+    m = acc.result()
+    assert 0.0 < m["auc_rebalanced"] < m["auc"] < 1.0
+
+
+def test_colorfulness_ratio_is_one_for_the_truth_and_zero_for_gray(examples):
+    l, ab = _first_batch(examples)
+    truth, gray = evaluator.MetricAccumulator(), evaluator.MetricAccumulator(neutral=True)
+    truth.update(l, ab, ab)
+    gray.update(l, tf.zeros_like(ab), ab)
+    assert truth.result()["colorfulness_ratio"] == 1.0
+    assert gray.result()["colorfulness_ratio"] == 0.0
+    flat = evaluator.MetricAccumulator()
+    flat.update(l, tf.zeros_like(ab), tf.zeros_like(ab), evaluator.render(l, tf.zeros_like(ab), neutral=True))
+    assert flat.result()["colorfulness_truth"] == 0.0  # a colourless truth: no ratio
+    assert flat.result()["colorfulness_ratio"] is None
+
+
+def _measured(examples, predict) -> dict:
+    """metrics.json's model and gray for `predict(l, true_ab)` over the whole test split."""
+    model, gray = evaluator.MetricAccumulator(), evaluator.MetricAccumulator(neutral=True)
+    for l, ab in loader.make_dataset(examples, "test", image_size=SIZE, batch_size=8, training=False):
+        true_ab = ab * loader.AB_SCALE
+        model.update(l, predict(l, true_ab), true_ab)
+        gray.update(l, tf.zeros_like(true_ab), true_ab)
+    return {"model": model.result(), "gray": gray.result(), "baseline": None}
+
+
+@pytest.mark.parametrize("name, predict", [
+    ("sepia", lambda l, ab: tf.zeros_like(ab) + tf.constant(SEPIA)),
+    ("quarter", lambda l, ab: ab * 0.25),
+])
+def test_a_sepia_or_washed_out_model_is_not_blessed_and_the_reason_names_the_colour(name, predict, examples):
+    metrics = _measured(examples, predict)
+    blessed, checks = evaluator.bless(metrics, Thresholds())
+    failed = [c["name"] for c in checks if not c["passed"]]
+    assert not blessed and "colorfulness_recovered" in failed, checks
+    assert metrics["model"]["colorfulness_ratio"] < 0.5
+    why = evaluator.reason(metrics, Thresholds(), checks)
+    share = f"{metrics['model']['colorfulness_ratio']:.0%}"
+    assert why.startswith("not blessed: ") and why.endswith(".") and "\n" not in why
+    assert f"its colourfulness is {share} of the truth's (gray: 0%)" in why
+    assert "must recover at least 50% of it" in why and "too dull (gray or sepia)" in why
+
+
+def test_a_model_that_outputs_the_truth_is_blessed(examples):
+    metrics = _measured(examples, lambda l, ab: ab)
+    blessed, checks = evaluator.bless(metrics, Thresholds())
+    assert blessed and [c["name"] for c in checks] == ["psnr_vs_gray", "colorfulness_vs_gray", "colorfulness_recovered"]
+    assert metrics["model"]["colorfulness_ratio"] == 1.0
+    why = evaluator.reason(metrics, Thresholds(), checks)
+    assert why.startswith("blessed: PSNR 100.0 dB (gray ") and "at most 1 dB below allowed" in why
+    assert why.endswith("colourfulness 100% of the truth's.")
+
+
+def test_an_oversaturated_model_is_not_blessed_either():
+    gray = {"psnr": 22.0, "colorfulness": 0.0, "colorfulness_truth": 40.0, "colorfulness_diff": -40.0}
+    model = {"psnr": 21.5, "colorfulness": 64.0, "colorfulness_truth": 40.0, "colorfulness_diff": 24.0}
+    metrics = {"model": model, "gray": gray, "baseline": None}
+    blessed, checks = evaluator.bless(metrics, Thresholds())
+    assert not blessed and [c["name"] for c in checks if not c["passed"]] == ["colorfulness_recovered"]
+    assert evaluator.reason(metrics, Thresholds(), checks) == (
+        "not blessed: its colourfulness is 160% of the truth's (gray: 0%), more than the 150% allowed: "
+        "the colour is over-saturated.")
+    a_little_dark = {**model, "psnr": 20.5, "colorfulness": 44.0, "colorfulness_diff": 4.0}
+    blessed, checks = evaluator.bless({**metrics, "model": a_little_dark}, Thresholds())
+    assert not blessed and [c["name"] for c in checks if not c["passed"]] == ["psnr_vs_gray"]
+    assert evaluator.reason({**metrics, "model": a_little_dark}, Thresholds(), checks) == (
+        "not blessed: its PSNR 20.5 dB is 1.50 dB below gray's 22.0 dB, more than the 1 dB allowed: "
+        "its colours are more often wrong than right.")
+    off = Thresholds(min_psnr_gain_db=-100, min_colorfulness_gain=-1000, min_colorfulness_recovered=0)
+    blessed, checks = evaluator.bless(metrics, off)  # every colour and PSNR check off in effect
+    assert blessed and "colorfulness_recovered" not in [c["name"] for c in checks]
+
+
+def test_evaluating_a_sepia_keras_model_writes_not_blessed_with_the_reason(examples, prior_path, tmp_path, capsys):
+    """A model that paints one brownish cast everywhere (a zero kernel and the sepia bias), through the CLI."""
+    inputs = keras.Input((SIZE, SIZE, 1))
+    sepia = keras.layers.Conv2D(2, 1, kernel_initializer="zeros",
+                                bias_initializer=keras.initializers.Constant(np.array(SEPIA) / loader.AB_SCALE))
+    keras.Model(inputs, sepia(inputs)).save(str(tmp_path / "sepia.keras"))
+    out = tmp_path / "eval"
+    code = evaluator.main(["--model", str(tmp_path / "sepia.keras"), "--examples", examples, "--output_dir", str(out),
+                           "--prior", prior_path])
+    printed = capsys.readouterr().out
+    assert code == 0 and (out / "NOT_BLESSED").is_file() and not (out / "BLESSED").exists()
+    blessing = json.loads((out / "blessing.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert not blessing["blessed"] and "colorfulness_recovered" in [c["name"] for c in blessing["checks"] if not c["passed"]]
+    assert "colourfulness" in blessing["reason"] and "too dull (gray or sepia)" in blessing["reason"]
+    assert f"evaluator: {blessing['reason']}" in printed.splitlines()
+    assert metrics["model"]["colorfulness_ratio"] < 0.5 and metrics["gray"]["colorfulness_ratio"] == 0.0
+    assert 0.0 < metrics["model"]["auc_rebalanced"] < 1.0 and metrics["prior"] == prior_path
+    assert "rebalanced 0." in printed and "ratio 0." in printed
+
+
 # ---------------------------------------------------------------- full runs
 
 
@@ -198,7 +356,10 @@ def test_writes_contract_files_and_consistent_blessing(evaluated, models_dir):
         blessing = json.load(f)
     blessed, checks = evaluator.bless(metrics, Thresholds())
     assert blessing["blessed"] == evaluated.blessed == blessed
-    assert blessing["checks"] == checks and len(checks) == 4
+    assert blessing["checks"] == checks and len(checks) == 5  # colorfulness_recovered joined the four checks
+    assert blessing["reason"] == evaluated.reason == evaluator.reason(metrics, Thresholds(), checks)
+    assert blessing["reason"].startswith("blessed: " if blessed else "not blessed: ")
+    assert metrics["prior"] == evaluated.metrics["prior"] and metrics["model"]["auc_rebalanced"] is not None
     assert blessing["thresholds"]["max_psnr_drop_db"] == Thresholds().max_psnr_drop_db
     marker = "BLESSED" if blessed else "NOT_BLESSED"
     assert os.path.isfile(os.path.join(out, marker))
@@ -243,13 +404,14 @@ def test_historical_photos_keep_their_resolution(evaluated):
             assert image.size == (width, height) and image.mode == "RGB"
 
 
-def test_metrics_do_not_depend_on_batching_and_max_images_caps(examples, models_dir, tmp_path):
+def test_metrics_do_not_depend_on_batching_and_max_images_caps(examples, models_dir, prior_path, tmp_path):
     (tmp_path / "serving" / "colorizer" / ".tmp-1-4242").mkdir(parents=True)  # a push that never published
     results = [
         evaluator.evaluate(EvalConfig(
             model=models_dir["keras"], examples=examples, output_dir=str(tmp_path / str(batch)), batch_size=batch,
             max_images=2, grid_images=1, baseline_model=str(tmp_path / "serving" / "colorizer"),
             baseline_optional=True,  # no version published there yet: gray is the only baseline
+            prior=prior_path,
         ))
         for batch in (1, 3)
     ]
@@ -274,6 +436,7 @@ def test_cli_with_a_baseline_of_another_size(examples, models_dir, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "NOT BLESSED (failed: psnr_vs_gray" in proc.stdout
+    assert "evaluator: not blessed: its PSNR" in proc.stdout and "rebalanced n/a" in proc.stdout
     assert str(out / "metrics.json") in proc.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["baseline"] is not None and metrics["baseline"]["psnr"] != metrics["model"]["psnr"]
@@ -305,6 +468,8 @@ def _empty_test_split(root) -> str:
     ("rectangular_baseline", "not [batch, S, S, 1]"),
     ("baseline_without_signature", "no 'predict_ab' signature"),
     ("missing_historical", "historical dir"),
+    ("missing_prior", "prior.json does not exist"),
+    ("bad_prior", "could not be read as a colour prior"),
 ])
 def test_cli_user_errors_exit_2_with_one_sentence(case, words, examples, models_dir, tmp_path, capsys):
     args = {"--model": models_dir["keras"], "--examples": examples, "--output_dir": str(tmp_path / "out")}
@@ -326,6 +491,11 @@ def test_cli_user_errors_exit_2_with_one_sentence(case, words, examples, models_
         args["--baseline_model"] = str(tmp_path / "other")
     elif case == "missing_historical":
         args["--historical_dir"] = str(tmp_path / "no_photos")
+    elif case == "missing_prior":
+        args["--prior"] = str(tmp_path / "prior.json")
+    elif case == "bad_prior":
+        (tmp_path / "prior.json").write_text('{"version": 1, "centres": [[0, 0]]}')
+        args["--prior"] = str(tmp_path / "prior.json")
     code = evaluator.main([item for pair in args.items() for item in pair])
     err = capsys.readouterr().err.strip()
     assert code == 2

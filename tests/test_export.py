@@ -214,3 +214,39 @@ def test_export_refuses_what_it_cannot_serve(model, exported, tmp_path, capsys):
     assert export.main(["--model", str(tmp_path / "missing.keras"), "--export_dir", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "missing.keras does not exist" in err and "Traceback" not in err
+
+
+def test_a_classification_model_exports_and_serves_like_the_keras_model(tmp_path):
+    """The classification head (logits -> annealed mean -> ab/128) keeps the model's contract: the same export."""
+    keras.utils.set_random_seed(1)
+    net = models.build_model1(SIZE, width=0.25, head="classification", temperature=0.3)
+    layer = net.get_layer(models.LOGITS_LAYER)
+    kernel, bias = layer.get_weights()
+    rng = np.random.default_rng(7)
+    layer.set_weights([rng.normal(0.0, 5.0, kernel.shape), bias])  # confident logits: strong ab that varies
+    path = str(tmp_path / "model.keras")
+    net.save(path)
+    export.export_serving_model(path, str(tmp_path / "serving"))
+    served = tf.saved_model.load(str(tmp_path / "serving"))
+
+    l = np.random.default_rng(5).uniform(0.0, 100.0, (3, SIZE, SIZE, 1)).astype(np.float32)
+    ab = served.signatures[export.PREDICT_AB_SIGNATURE](l=tf.constant(l))[export.AB_OUTPUT].numpy()
+    np.testing.assert_allclose(ab, net(l).numpy() * 128.0, rtol=1e-5, atol=1e-3)
+    assert np.abs(ab).max() > 40.0 and ab.std(axis=(1, 2)).mean() > 5.0  # strong, and varies over the image
+
+    rgb = synthetic.render_scene(np.random.default_rng(6), 61, 97)
+    out = served.signatures[export.SERVING_SIGNATURE](image_bytes=tf.constant([_encode(rgb, "PNG")]))
+    got = np.asarray(Image.open(io.BytesIO(out[export.COLORIZED_BYTES].numpy()[0])))
+    local = color.colorize(rgb, lambda x: net(x) * 128.0, SIZE).numpy()
+    assert got.shape == local.shape == (61, 97, 3)
+    diff = np.abs(local.astype(np.int16) - got)
+    assert diff.max() <= 1, (diff.max(), diff.mean())
+    assert np.abs(got.astype(np.int16) - np.asarray(Image.fromarray(rgb).convert("L"), np.int16)[..., None]).mean() > 5
+
+    # a fresh process (the export CLI, as a Kubeflow step or a user runs it) loads the head's custom layer too
+    result = subprocess.run([sys.executable, "-m", "components.export", "--model", path, "--export_dir",
+                             str(tmp_path / "cli"), "--no_warmup"], capture_output=True, text=True, timeout=300,
+                            cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    again = tf.saved_model.load(str(tmp_path / "cli")).signatures[export.PREDICT_AB_SIGNATURE](l=tf.constant(l))
+    np.testing.assert_allclose(again[export.AB_OUTPUT].numpy(), ab, rtol=1e-5, atol=1e-3)

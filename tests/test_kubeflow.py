@@ -13,7 +13,7 @@ from pipeline import config as cfg
 from pipeline import dag, kubeflow
 from pipeline import stage as stage_cli
 
-STAGES = ("synthetic", "ingest", "validate", "tune", "train", "evaluate", "push")
+STAGES = ("synthetic", "ingest", "validate", "statistics", "tune", "train", "evaluate", "push")
 BEAM = ["--runner=DataflowRunner", "--project", "proj", "--temp_location", "gs://bucket/tmp"]
 ROOT_PLACEHOLDER = "{{$.inputs.parameters['pipeline_root']}}"
 
@@ -77,9 +77,13 @@ def test_stages_pass_data_through_run_dirs_on_the_pipeline_root(quick):
     assert _inputs(c["synthetic"]) == {}
     assert _inputs(c["ingest"]) == {"synthetic": f"{run}/synthetic"}
     assert _inputs(c["validate"]) == {"ingest": f"{run}/ingest"}
-    assert _inputs(c["tune"]) == {"ingest": f"{run}/ingest", "validate": f"{run}/validate"}
-    assert _inputs(c["train"]) == {"ingest": f"{run}/ingest", "tune": f"{run}/tune", "validate": f"{run}/validate"}
-    assert _inputs(c["evaluate"]) == {"train": f"{run}/train", "ingest": f"{run}/ingest"}
+    assert _inputs(c["statistics"]) == {"ingest": f"{run}/ingest"}
+    assert _inputs(c["tune"]) == {"ingest": f"{run}/ingest", "statistics": f"{run}/statistics",
+                                  "validate": f"{run}/validate"}
+    assert _inputs(c["train"]) == {"ingest": f"{run}/ingest", "tune": f"{run}/tune", "statistics": f"{run}/statistics",
+                                   "validate": f"{run}/validate"}
+    assert _inputs(c["evaluate"]) == {"train": f"{run}/train", "ingest": f"{run}/ingest",
+                                      "statistics": f"{run}/statistics"}
     assert _inputs(c["push"]) == {"train": f"{run}/train", "evaluate": f"{run}/evaluate"}
     for task in quick["tasks"].values():
         assert task["inputs"]["parameters"]["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
@@ -89,7 +93,7 @@ def test_beam_options_reach_the_beam_steps_only(quick):
     c = {name: container["args"] for name, container in quick["containers"].items()}
     for name in ("ingest", "validate"):
         assert c[name][-len(BEAM):] == BEAM
-    for name in ("synthetic", "tune", "train", "evaluate", "push"):
+    for name in ("synthetic", "statistics", "tune", "train", "evaluate", "push"):
         assert "--runner=DataflowRunner" not in c[name]
 
 
@@ -138,8 +142,8 @@ def test_report_model2_on_real_data_with_gpus_and_a_volume(tmp_path):
                    "flickr8k=/mnt/data/flickr8k"],
         pipeline_root="/mnt/data/colorization", pvc="colorization-data", gpus=1,
     )
-    assert set(spec["tasks"]) == {"ingest", "validate", "train", "evaluate", "push"}  # no synthetic data, no tuning
-    assert sorted(spec["tasks"]["train"]["dependentTasks"]) == ["ingest", "validate"]
+    assert set(spec["tasks"]) == {"ingest", "validate", "statistics", "train", "evaluate", "push"}  # no synthetic, tuning
+    assert sorted(spec["tasks"]["train"]["dependentTasks"]) == ["ingest", "statistics", "validate"]
     data = _settings(spec["containers"]["ingest"]["args"])["data"]
     assert data["sources"] == {"lfw": "/mnt/data/lfw", "flickr8k": "/mnt/data/flickr8k"}
     assert data["limit"] == 1920 and data["stored_size"] == 250
@@ -150,14 +154,15 @@ def test_report_model2_on_real_data_with_gpus_and_a_volume(tmp_path):
     assert train["resources"]["accelerator"]["count"] == "1"
     assert "resources" not in spec["containers"]["evaluate"]
     mounts = spec["docs"][1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert len(mounts) == 5 and all(
+    assert len(mounts) == 6 and all(
         m["pvcMount"][0]["mountPath"] == "/mnt/data/colorization" for m in mounts.values())
 
 
 def test_the_cli_writes_the_spec_and_names_mistakes(tmp_path, capsys):
     out = tmp_path / "p.yaml"
     assert kubeflow.main(["--output", str(out), "--pipeline_root", "gs://b/c", "--set", "train.epochs=3"]) == 0
-    assert "7 steps (synthetic -> ingest -> validate -> tune -> train -> evaluate -> push)" in capsys.readouterr().out
+    assert ("8 steps (synthetic -> ingest -> validate -> statistics -> tune -> train -> evaluate -> push)"
+            in capsys.readouterr().out)
     with open(out) as f:
         spec = yaml.safe_load(f)
     train_args = spec["deploymentSpec"]["executors"]["exec-train"]["container"]["args"]

@@ -318,7 +318,8 @@ def test_the_real_stage_list_follows_the_config():
 
     quick, _, _ = cfg.parse_args([])
     stages = dag.build_stages(quick)
-    assert [s.name for s in stages] == ["synthetic", "ingest", "validate", "tune", "train", "evaluate", "push"]
+    assert [s.name for s in stages] == ["synthetic", "ingest", "validate", "statistics", "tune", "train", "evaluate",
+                                        "push"]
     assert not any(s.skip for s in stages)
     executor.check_stages(stages)
     for stage in stages:
@@ -328,7 +329,8 @@ def test_the_real_stage_list_follows_the_config():
 
     real, _, _ = cfg.parse_args(["--data_dir", "mine=/photos", "--no-tune", "--set", "ingest.validation=none"])
     stages = {s.name: s for s in dag.build_stages(real)}
-    assert list(stages) == ["ingest", "validate", "tune", "train", "evaluate", "push"] and not stages["ingest"].upstream
+    assert list(stages) == ["ingest", "validate", "statistics", "tune", "train", "evaluate", "push"]
+    assert not stages["ingest"].upstream
     assert stages["validate"].skip == "ingest.validation is none" and stages["tune"].skip == "tune.enabled is false"
     assert stages["ingest"].external_inputs(real) == {"data_dir:mine": "missing"}
 

@@ -236,3 +236,110 @@ def test_mixed_precision_model_trains(mixed_bfloat16):
     model = models.compile_model(models.build_model1(64, width=0.25))
     target = np.zeros((2, 64, 64, 2), np.float32)
     assert np.isfinite(model.train_on_batch(_l(64), target, return_dict=True)["loss"])
+
+
+# ---------------------------------------------------------------- the classification head
+
+
+@pytest.fixture(scope="module")
+def uniform_prior():
+    """A prior from a flat ab histogram: every code counted once."""
+    from components import colorbins
+
+    return colorbins.ColorPrior.from_counts(np.ones((256, 256)))
+
+
+def _classifier_model(family: str, size: int = 32, **kwargs) -> keras.Model:
+    return models.build_model(family, size, width=0.25, backbone="mobilenet_v2", head="classification", **kwargs)
+
+
+@pytest.mark.parametrize("family", models.FAMILIES)
+def test_classification_head_outputs_ab_and_shares_weights_with_its_logits(family, uniform_prior):
+    from components import colorbins
+
+    model = _classifier_model(family)
+    logits = models.logits_model(model)
+    q = len(colorbins.in_gamut_centres())
+    assert models.head_of(model) == "classification" and q == 309
+    assert [t.name for t in model.inputs] == ["l"] and [t.name for t in logits.inputs] == ["l"]
+    l = _l(32)
+    ab = keras.ops.convert_to_numpy(model(l))
+    z = keras.ops.convert_to_numpy(logits(l))
+    assert ab.shape == (2, 32, 32, 2) and ab.dtype == np.float32
+    assert z.shape == (2, 16, 16, q) and z.dtype == np.float32
+    assert np.abs(ab).max() <= np.abs(colorbins.in_gamut_centres()).max() / 128.0 + 1e-6
+    # the model's ab is the annealed mean of its logits, upsampled by 2 (nearest)
+    decoded = keras.ops.convert_to_numpy(colorbins.annealed_mean(z, colorbins.in_gamut_centres(), 0.38)) / 128.0
+    np.testing.assert_allclose(ab, decoded.repeat(2, axis=1).repeat(2, axis=2), atol=1e-5)
+    assert [id(w) for w in logits.trainable_weights] == [id(w) for w in model.trainable_weights]
+
+    fitted = models.compile_model(model, learning_rate=1e-2, head="classification", prior=uniform_prior)
+    assert fitted.outputs[0].shape[-1] == q
+    target = np.random.default_rng(2).uniform(-0.5, 0.5, (2, 32, 32, 2)).astype(np.float32)
+    fitted.train_on_batch(l, target)
+    after = keras.ops.convert_to_numpy(model(l))
+    assert np.abs(after - ab).max() > 1e-4  # training the logits model trained the ab model
+
+
+def test_regression_models_keep_their_head():
+    model = models.build_model1(64)
+    assert models.head_of(model) == "regression" and models.trainable_parameters(model) == 4_756_770
+    with pytest.raises(ValueError, match="regression head"):
+        models.logits_model(model)
+
+
+@pytest.mark.parametrize("family", models.FAMILIES)
+def test_classification_mae_is_kerass_mae_of_the_decoded_ab(family, uniform_prior):
+    model = _classifier_model(family, temperature=0.5)
+    fitted = models.compile_model(model, head="classification", prior=uniform_prior)
+    l = _l(32)
+    target = np.random.default_rng(3).uniform(-0.6, 0.6, (2, 32, 32, 2)).astype(np.float32)
+    reported = fitted.evaluate(l, target, verbose=0, return_dict=True)
+    expected = np.mean(np.abs(keras.ops.convert_to_numpy(model(l)) - target))
+    np.testing.assert_allclose(reported["mae"], expected, rtol=1e-5)
+    assert np.isfinite(reported["loss"]) and reported["loss"] > 0
+
+
+def test_classification_compile_mistakes_are_one_sentence(uniform_prior):
+    from components import colorbins
+
+    model = _classifier_model("model1")
+    with pytest.raises(ValueError) as info:
+        models.compile_model(model, head="classification")
+    message = str(info.value)
+    assert "needs the colour prior" in message and message.count(". ") == 0 and "\n" not in message
+    with pytest.raises(ValueError, match="has the classification head, not the regression head"):
+        models.compile_model(model)
+    with pytest.raises(ValueError, match="Unknown head 'softmax'"):
+        models.build_model("model1", 32, head="softmax")
+    with pytest.raises(ValueError, match="temperature must be a positive"):
+        models.build_model("model1", 32, head="classification", temperature=0)
+    other = colorbins.ColorPrior.from_counts(np.ones((256, 256)), centres=colorbins.in_gamut_centres()[:-1])
+    with pytest.raises(ValueError, match="colour bins differ"):
+        models.compile_model(model, head="classification", prior=other)
+
+
+@pytest.mark.parametrize("family", models.FAMILIES)
+def test_classification_keras_file_round_trip(family, tmp_path):
+    model = _classifier_model(family, temperature=0.25)
+    path = str(tmp_path / f"{family}.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    l = _l(32)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(l)), keras.ops.convert_to_numpy(model(l)))
+    assert models.head_of(loaded) == "classification"
+    layer = models._annealed_mean_layer(loaded)
+    assert layer.temperature == pytest.approx(0.25)
+    np.testing.assert_array_equal(models.centres_of(loaded), models.centres_of(model))
+    models.logits_model(loaded)  # a loaded model trains too
+
+
+def test_mixed_precision_classification_model_trains_in_float32_logits(mixed_bfloat16, uniform_prior):
+    model = _classifier_model("model1")
+    assert model.get_layer("encoder_conv1").compute_dtype == "bfloat16"
+    fitted = models.compile_model(model, head="classification", prior=uniform_prior)
+    l = _l(32)
+    assert keras.ops.convert_to_numpy(fitted(l)).dtype == np.float32
+    assert keras.ops.convert_to_numpy(model(l)).dtype == np.float32
+    target = np.random.default_rng(4).uniform(-0.5, 0.5, (2, 32, 32, 2)).astype(np.float32)
+    assert np.isfinite(fitted.train_on_batch(l, target, return_dict=True)["loss"])

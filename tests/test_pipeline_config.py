@@ -18,7 +18,8 @@ def test_the_quick_default_is_valid_and_small():
     assert config.train.model == "model1" and config.train.width == 0.5 and config.tune.enabled
     assert config.serving_dir == "out/serving" and config.push.model_name == "colorizer"
     assert dataclasses.asdict(config.evaluate.thresholds) == {
-        "min_psnr_gain_db": 0.0, "min_colorfulness_gain": 0.0, "max_psnr_drop_db": 0.1, "max_colorfulness_drop": 1.0,
+        "min_psnr_gain_db": -1.0, "min_colorfulness_gain": 0.0, "min_colorfulness_recovered": 0.5,
+        "max_psnr_drop_db": 0.1, "max_colorfulness_drop": 1.0,
     }
 
 
@@ -181,3 +182,13 @@ def test_hparams_overrides_pin_only_what_is_set():
 
     train = trainer.TrainConfig(model="model2", width=None, loss="huber", learning_rate=None, batch_size=16)
     assert train.hparams_overrides() == {"family": "model2", "loss": "huber", "batch_size": 16}
+
+
+def test_the_colorful_preset_trains_the_classification_head_for_a_time_budget():
+    config, _, _ = cfg.parse_args(["--preset", "colorful", "--data_dir", "mine=/photos"])
+    assert (config.train.head, config.train.model, config.train.image_size) == ("classification", "model1", 64)
+    assert config.train.max_minutes == 30 and not config.tune.enabled
+    assert config.train.hparams_overrides()["head"] == "classification"
+    with pytest.raises(ConfigError) as e:
+        cfg.parse_args(["--set", "train.head=mixture"])
+    assert "train.head must be one of regression, classification" in str(e.value)

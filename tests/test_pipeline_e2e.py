@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-STAGES = ["synthetic", "ingest", "validate", "tune", "train", "evaluate", "push"]
+STAGES = ["synthetic", "ingest", "validate", "statistics", "tune", "train", "evaluate", "push"]
 
 # Tens of tiny images and a few training steps: the run checks the wiring, not the model's quality, so the
 # blessing thresholds let an undertrained model through (they are config, as a user would set them).
@@ -22,6 +22,7 @@ TINY = [
     "--set", "train.batch_size=8", "--set", "evaluate.grid_images=4",
     "--set", "evaluate.thresholds.min_psnr_gain_db=-100", "--set", "evaluate.thresholds.min_colorfulness_gain=-1000",
     "--set", "evaluate.thresholds.max_psnr_drop_db=100", "--set", "evaluate.thresholds.max_colorfulness_drop=1000",
+    "--set", "evaluate.thresholds.min_colorfulness_recovered=0",
     "--runner=DirectRunner",
 ]
 
@@ -90,7 +91,7 @@ def test_rerun_is_cached_and_a_deleted_output_recomputes_that_stage_and_after_on
     shutil.rmtree(first["stages"]["evaluate"]["outputs"]["dir"])
     third = _run(out)
     statuses = _statuses(third)
-    assert all(statuses[s] == "cached" for s in STAGES[:5]), statuses
+    assert all(statuses[s] == "cached" for s in STAGES[:6]), statuses
     assert statuses["evaluate"] == statuses["push"] == "succeeded"
     assert third["stages"]["evaluate"]["metrics"]["baseline_model"]  # version 1 is now the last blessed model
     assert third["stages"]["push"]["metrics"]["version"] == 2

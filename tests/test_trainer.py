@@ -338,3 +338,107 @@ def test_width_learning_rate_and_loss_flags_override_the_hyperparameters_file(tm
     resolved = trainer._resolve_hparams(config)
     assert (resolved["width"], resolved["learning_rate"], resolved["loss"]) == (0.25, 0.002, "huber")
     assert trainer._resolve_hparams(trainer.TrainConfig("unused", "unused", hparams=path))["width"] == 0.5
+
+
+# ---------------------------------------------------------------- the classification head and the time budget
+
+
+@pytest.fixture(scope="module")
+def prior_path(examples, tmp_path_factory) -> str:
+    """The train split's colour prior, written by the statistics stage from the ingest's ab counts."""
+    from components import statistics
+
+    out = str(tmp_path_factory.mktemp("statistics"))
+    return statistics.write_prior(statistics.StatisticsConfig(examples=examples, output_dir=out))["prior"]
+
+
+def test_classification_head_trains_and_beats_gray(examples, prior_path, tmp_path):
+    from components import colorbins, loader, models
+
+    out = tmp_path / "run"
+    path = _hparams_file(tmp_path, width=0.5, batch_size=8, learning_rate=3e-3)
+    result = trainer.train(_config(examples, out, path, head="classification", prior=prior_path, epochs=10,
+                                   steps_per_epoch=10, patience=100))
+
+    summary = json.loads((out / trainer.SUMMARY_FILE).read_text())
+    assert summary["head"] == summary["hparams"]["head"] == "classification" and summary["temperature"] == 0.38
+    assert summary["prior"] == prior_path
+    assert summary["prior_fingerprint"] == colorbins.ColorPrior.load(prior_path).fingerprint
+    with open(out / trainer.CSV_LOG) as f:
+        assert {"loss", "mae", "val_loss", "val_mae"} <= set(next(csv.DictReader(f)))
+    images = [v for v in _events(str(out / trainer.TENSORBOARD_DIR / trainer.IMAGES_RUN)) if v.tag == trainer.IMAGE_TAG]
+    assert len(images) == 10 and tuple(int(x) for x in images[0].tensor.string_val[:2]) == (3 * SIZE, SIZE)
+
+    model = keras.models.load_model(result.model_path)  # end to end: L -> ab/128, float32, the temperature inside
+    assert models.head_of(model) == "classification" and model.dtype_policy.name == "float32"
+    assert models._annealed_mean_layer(model).temperature == pytest.approx(0.38)
+    l, ab = loader.fixed_batch(examples, "eval", image_size=SIZE, batch_size=6)
+    predicted = model.predict(l, verbose=0)
+    assert predicted.shape == ab.shape and predicted.dtype == np.float32
+    chroma = np.linalg.norm(predicted * 128.0, axis=-1).mean()
+    error, gray_error = np.abs(predicted - ab).mean() * 128.0, np.abs(ab).mean() * 128.0
+    assert chroma > 10.0, chroma  # gray's is 0
+    assert error < 0.85 * gray_error, (error, gray_error)
+
+
+def test_classification_without_a_usable_prior_exits_2_before_training(examples, prior_path, tmp_path, capsys):
+    from components import colorbins
+
+    out = tmp_path / "run"
+    base = ["--examples", examples, "--output_dir", str(out), "--image_size", str(SIZE), "--epochs", "1",
+            "--hparams", _hparams_file(tmp_path), "--precision", "float32"]
+    assert trainer.main([*base, "--head", "classification"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("trainer: the classification head") and "--prior" in err
+    assert len(err.splitlines()) == 1 and err.count(". ") == 0
+    assert not out.exists()
+
+    other = tmp_path / "other_prior.json"
+    counts = np.load(os.path.join(examples, "statistics", "ab_counts.npz"))["train"]
+    colorbins.ColorPrior.from_counts(counts, centres=colorbins.in_gamut_centres()[::2]).save(str(other))
+    assert trainer.main([*base, "--head", "classification", "--prior", str(other)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "colour bins differ" in err and len(err.splitlines()) == 1
+    assert trainer.main([*base, "--head", "classification", "--prior", str(tmp_path / "absent.json")]) == 2
+    assert "absent.json does not exist" in capsys.readouterr().err
+    assert not out.exists()
+
+    hparams_path = hparams.save({**TINY, "head": "classification"}, str(tmp_path / "cls_hparams.json"))
+    config = trainer.TrainConfig(examples, str(out), hparams=hparams_path)
+    with pytest.raises(trainer.TrainError, match="needs the colour prior"):  # the head from the tuner's file too
+        trainer.train(config)
+    with pytest.raises(trainer.TrainError, match="temperature must be positive"):
+        trainer.TrainConfig(examples, str(out), temperature=0.0).validate()
+    with pytest.raises(SystemExit):
+        trainer.main([*base, "--head", "softmax"])
+
+
+def test_max_minutes_stops_after_the_epoch_that_crosses_the_budget(examples, tmp_path, capsys):
+    out = tmp_path / "run"
+    result = trainer.train(_config(examples, out, _hparams_file(tmp_path), epochs=20, max_minutes=1e-6, patience=100))
+    assert result.epochs_run == 1 and _epochs_logged(out) == [0]
+    assert "the time budget of 1e-06 minutes is spent" in capsys.readouterr().out
+    assert result.summary["stopped_by_time_budget"] is True and result.summary["max_minutes"] == 1e-6
+    assert (out / trainer.MODEL_FILE).is_file() and not (out / trainer.BACKUP_DIR).exists()
+    assert result.summary["head"] == "regression" and result.summary["prior_fingerprint"] is None
+    with pytest.raises(trainer.TrainError, match="max_minutes must be positive"):
+        trainer.TrainConfig("unused", "unused", max_minutes=0.0).validate()
+
+
+def test_model2_classification_head_trains_on_embeddings(
+    embedded_examples, prior_path, tmp_path, monkeypatch, offline
+):
+    from components import models
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty_keras_home"))
+    out = tmp_path / "run"
+    path = _hparams_file(tmp_path, family="model2", backbone="mobilenet_v2", batch_size=2)
+    code = trainer.main(["--examples", embedded_examples, "--output_dir", str(out), "--image_size", str(SIZE),
+                         "--epochs", "1", "--steps_per_epoch", "2", "--validation_steps", "1", "--hparams", path,
+                         "--precision", "float32", "--embeddings", "--allow_random_backbone",
+                         "--head", "classification", "--prior", prior_path, "--temperature", "0.2"])
+    assert code == 0
+    model = keras.models.load_model(out / trainer.MODEL_FILE)
+    assert [i.name for i in model.inputs] == ["l"] and models.head_of(model) == "classification"
+    assert models._annealed_mean_layer(model).temperature == pytest.approx(0.2)
+    assert model.predict(np.zeros((1, SIZE, SIZE, 1), np.float32), verbose=0).shape == (1, SIZE, SIZE, 2)

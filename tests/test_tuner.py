@@ -26,8 +26,9 @@ def _not_distributed(monkeypatch):
 
 @pytest.fixture(scope="module")
 def examples(tmp_path_factory) -> str:
-    """40 synthetic images ingested at 72x72 by the real Beam job."""
-    from components import synthetic
+    """40 synthetic images ingested at 72x72 by the real Beam job, and their train split's colour prior (written by
+    the statistics stage next to the ingest dir: prior_of(examples))."""
+    from components import statistics, synthetic
     from components.example_gen import IngestConfig, run_ingest
 
     root = tmp_path_factory.mktemp("tuner_data")
@@ -35,14 +36,20 @@ def examples(tmp_path_factory) -> str:
     out = str(root / "ingest")
     run_ingest(IngestConfig(sources=(("s", str(root / "images")),), output_dir=out, stored_size=72, min_side=64),
                ["--runner=DirectRunner"])
+    statistics.write_prior(statistics.StatisticsConfig(examples=out, output_dir=str(root / "statistics")))
     return out
+
+
+def prior_of(examples: str) -> str:
+    """The prior.json the examples fixture wrote: the search covers both heads with it."""
+    return os.path.join(os.path.dirname(examples), "statistics", "prior.json")
 
 
 def tiny_config(examples: str, output_dir: str, **overrides):
     from components.tuner import TuneConfig
 
     settings = dict(examples=examples, output_dir=output_dir, max_trials=2, epochs=1, steps_per_epoch=2,
-                    validation_steps=1, image_size=32, fixed=dict(TINY), seed=7, verbose=0)
+                    validation_steps=1, image_size=32, fixed=dict(TINY), seed=7, verbose=0, prior=prior_of(examples))
     return TuneConfig(**{**settings, **overrides})
 
 
@@ -104,7 +111,7 @@ def test_killed_search_resumes_with_the_interrupted_trial(examples, tmp_path):
 
     out = str(tmp_path / "out")
     command = [sys.executable, "-m", "components.tuner", "--examples", examples, "--output_dir", out,
-               "--max_trials", "2", "--seed", "7", *TINY_FLAGS]
+               "--max_trials", "2", "--seed", "7", "--prior", prior_of(examples), *TINY_FLAGS]
     second_trial = os.path.join(out, "tuner", "trial_1", "run_by.json")
     with open(tmp_path / "killed.log", "w") as log:
         proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
@@ -203,7 +210,7 @@ def test_distributed_chief_and_two_workers_share_the_trials(examples, tmp_path):
     out = str(tmp_path / "out")
     port = _free_port()
     command = [sys.executable, "-m", "components.tuner", "--examples", examples, "--output_dir", out,
-               "--max_trials", "4", "--seed", "3", *TINY_FLAGS]
+               "--max_trials", "4", "--seed", "3", "--prior", prior_of(examples), *TINY_FLAGS]
     procs: dict[str, subprocess.Popen] = {}
     logs = {}
     try:
@@ -233,3 +240,33 @@ def test_distributed_chief_and_two_workers_share_the_trials(examples, tmp_path):
     with open(os.path.join(out, "best_hparams.json")) as f:
         assert json.load(f)["completed_trials"] == 4
     assert "Best hyperparameters" in open(logs["chief"]).read()
+
+
+def test_a_search_that_may_build_the_classification_head_needs_a_prior(examples, tmp_path, capsys):
+    from components import tuner
+
+    out = str(tmp_path / "out")
+    assert tuner.run(["--examples", examples, "--output_dir", out, *TINY_FLAGS]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tuner: the search may build the classification head") and "--prior" in err
+    assert len(err.splitlines()) == 1 and err.count(". ") == 0
+    assert not os.path.exists(os.path.join(out, "tuner", "oracle.json"))
+    assert tuner.run(["--examples", examples, "--output_dir", out, "--prior", str(tmp_path / "absent.json"),
+                      *TINY_FLAGS]) == 2
+    assert "absent.json does not exist" in capsys.readouterr().err
+    pinned = tiny_config(examples, out, prior=None, fixed={**TINY, "head": "regression"}).validate()
+    assert tuner.load_prior(pinned) is None  # a regression-only search runs without one
+
+
+def test_classification_trials_report_the_decoded_val_mae_and_the_trainer_builds_the_winner(examples, tmp_path):
+    from components import hparams, models, trainer, tuner
+
+    config = tiny_config(examples, str(tmp_path / "out"), max_trials=1, fixed={**TINY, "head": "classification"})
+    result = tuner.tune(config.validate())
+    assert result.completed_trials == 1 and result.hyperparameters["head"] == "classification"
+    assert 0.0 < result.score < 1.0  # val_mae of ab/128, comparable with the regression trials'
+    train = trainer.TrainConfig(examples, str(tmp_path / "train"), hparams=result.best_hparams_path)
+    resolved = trainer._resolve_hparams(train)
+    assert resolved == hparams.load(result.best_hparams_path) and resolved["head"] == "classification"
+    model = models.build_model(resolved["family"], 32, width=resolved["width"], head=resolved["head"])
+    assert models.head_of(model) == "classification"

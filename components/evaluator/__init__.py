@@ -2,7 +2,8 @@
 
     python -m components.evaluator --model out/train/model.keras --examples out/ingest --output_dir out/eval
     python -m components.evaluator --model out/train/model.keras --examples out/ingest --output_dir out/eval \\
-        --baseline_model out/serving/colorizer/3 --historical_dir data/historical --min_psnr_gain_db 0.5
+        --baseline_model out/serving/colorizer/3 --historical_dir data/historical --min_psnr_gain_db 0.5 \\
+        --prior out/statistics/prior.json
 
 Streams the split once (memory flat in its size) and computes, for the model,
 the gray baseline (a = b = 0) and, when given, the last blessed model (a
@@ -13,13 +14,23 @@ signature; a model base path picks its highest version):
 - ab mean squared error in LAB units^2;
 - Hasler-Suesstrunk colourfulness of the predictions and of the truth, and
   the DDColor paper's absolute-opponent variant, with their differences;
+- colorfulness_ratio: the predictions' colourfulness over the truth's (None
+  when the truth's is 0): 1 is the truth's, about 0.3 a brownish/sepia cast;
 - AUC of the share of pixels whose ab error (Euclidean, LAB units) is within
-  each threshold 0, 1, ..., 150, as Zhang et al. (2016) report it, 0..1.
+  each threshold 0, 1, ..., 150, as Zhang et al. (2016) report it, 0..1, and,
+  with --prior (the statistics stage's prior.json), auc_rebalanced: the same
+  curve with each pixel weighted by the rebalancing weight of its true ab's
+  nearest bin, so rare saturated colours count as much as common dull ones
+  (Zhang et al.'s class-rebalanced AuC; None without a prior).
 
-Blessing (TFX Evaluator semantics, thresholds from the flags): the model must
-beat gray on PSNR and on the colourfulness gap (|pred - truth| smaller than
-gray's, whose colourfulness is 0), and be no worse than the last blessed model
-beyond a tolerance. Writes under --output_dir: metrics.json, blessing.json, an
+Blessing (TFX Evaluator semantics, thresholds from the flags): the model's
+PSNR may be at most 1 dB below gray's (--min_psnr_gain_db -1: a colourful
+model pays a little PSNR), its colourfulness must be closer to the truth's
+than gray's (whose colourfulness is 0) and close at least half of gray's gap
+(--min_colorfulness_recovered 0.5), so a gray, brownish or sepia model is not
+blessed, and it must be no worse than the last blessed model beyond a
+tolerance. blessing.json's "reason" says why in one sentence, also printed.
+Writes under --output_dir: metrics.json, blessing.json, an
 empty BLESSED or NOT_BLESSED marker, test_grid.png (the report's 50 test images
 as rows of gray | predicted | truth, in columns of ten rows) and, with --historical_dir, each photo
 colorized at its own resolution as historical/<stem>.png. Exit status 0 whether
@@ -46,7 +57,9 @@ from components.evaluator.metrics import (  # noqa: F401  re-exported: evaluator
     MetricAccumulator,
     Thresholds,
     bless,
+    reason,
     render,
+    weight_table,
 )
 from components.evaluator.pictures import (  # noqa: F401
     GRID_ROWS_PER_COLUMN,
@@ -81,6 +94,9 @@ class EvalConfig:
     model: str = artifact("input", "the trainer's model.keras (or a serving SavedModel version dir)")
     examples: str = artifact("input", "example_gen output dir (or a TFRecord glob with {split})")
     output_dir: str = artifact("output", "where metrics.json, blessing.json, the marker and PNGs go")
+    prior: str | None = artifact(
+        "input", "the statistics stage's prior.json: weights for the class-rebalanced AuC", required=False,
+        default=None)
     baseline_model: str | None = linked(
         None, None, "the last blessed model: a .keras file, a serving SavedModel version dir (predict_ab) or a model "
         "base path (its highest version); the pipeline passes its serving model base path")
@@ -128,6 +144,8 @@ class EvalResult:
     historical: list[str]
     checks: list[dict] = dataclasses.field(default_factory=list)
     """The blessing's checks, as in blessing.json: {"name", "passed", "detail"}."""
+    reason: str = ""
+    """Why, in one sentence for a person, as in blessing.json."""
 
     @property
     def failed_checks(self) -> list[str]:
@@ -166,6 +184,20 @@ def _write_json(path: str, value: dict) -> None:
 
 
 
+def _weight_table(path: str) -> np.ndarray:
+    """The rebalancing lookup table of the prior at `path` (components.colorbins.ColorPrior's JSON)."""
+    from components.colorbins import ColorPrior
+
+    if not tf.io.gfile.exists(path):
+        raise EvaluationError(f"--prior {path} does not exist; run the statistics stage or leave --prior out.")
+    try:
+        prior = ColorPrior.load(path)
+        return weight_table(prior.centres, prior.weights)
+    except (ValueError, KeyError, TypeError, tf.errors.OpError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise EvaluationError(f"--prior {path} could not be read as a colour prior ({first.rstrip('.')}).") from None
+
+
 def evaluate(config: EvalConfig) -> EvalResult:
     """Stream the split once, compute the metrics of model, gray and baseline, bless, write every output.
 
@@ -187,6 +219,7 @@ def evaluate(config: EvalConfig) -> EvalResult:
         baseline = load_predictor(config.baseline_model)
     if config.historical_dir:
         historical_files(config.historical_dir)  # fail before the long pass, not after it
+    table = _weight_table(config.prior) if config.prior else None
     try:
         dataset = loader.make_dataset(
             config.examples, config.split, image_size=size, batch_size=config.batch_size, training=False
@@ -194,9 +227,10 @@ def evaluate(config: EvalConfig) -> EvalResult:
     except loader.LoaderError as e:
         raise EvaluationError(str(e)) from None
 
-    accumulators = {"model": MetricAccumulator(), "gray": MetricAccumulator(neutral=True)}
+    accumulators = {"model": MetricAccumulator(weight_table=table),
+                    "gray": MetricAccumulator(neutral=True, weight_table=table)}
     if baseline is not None:
-        accumulators["baseline"] = MetricAccumulator()
+        accumulators["baseline"] = MetricAccumulator(weight_table=table)
     grid_rows: list[np.ndarray] = []
     seen = 0
     try:
@@ -236,8 +270,10 @@ def evaluate(config: EvalConfig) -> EvalResult:
         "baseline": accumulators["baseline"].result() if baseline is not None else None,
         "baseline_model": config.baseline_model or None,
         "model_path": config.model,
+        "prior": config.prior or None,
     }
     blessed, checks = bless(metrics, config.thresholds)
+    why = reason(metrics, config.thresholds, checks)
 
     out = config.output_dir
     tf.io.gfile.makedirs(out)
@@ -253,6 +289,7 @@ def evaluate(config: EvalConfig) -> EvalResult:
     _write_json(metrics_path, metrics)
     _write_json(blessing_path, {
         "blessed": blessed,
+        "reason": why,
         "checks": checks,
         "model_path": config.model,
         "metrics_path": metrics_path,
@@ -263,7 +300,7 @@ def evaluate(config: EvalConfig) -> EvalResult:
         tf.io.gfile.remove(posixpath.join(out, stale))
     with tf.io.gfile.GFile(posixpath.join(out, marker), "w") as f:
         f.write("")  # GFile creates the file on the first write
-    return EvalResult(blessed, _json_safe(metrics), metrics_path, blessing_path, grid_path, historical, checks)
+    return EvalResult(blessed, _json_safe(metrics), metrics_path, blessing_path, grid_path, historical, checks, why)
 
 
 # ---------------------------------------------------------------- CLI
@@ -279,8 +316,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _summary_line(name: str, m: dict) -> str:
-    return (f"  {name:<9} PSNR {m['psnr']:7.3f} dB  SSIM {m['ssim']:.4f}  ab MSE {m['ab_mse']:9.2f}  "
-            f"colorfulness {m['colorfulness']:6.2f} (truth {m['colorfulness_truth']:6.2f})  AUC {m['auc']:.4f}")
+    def number(key: str, spec: str) -> str:
+        return "n/a" if m.get(key) is None else format(m[key], spec)
+
+    return (f"  {name:<9} PSNR {number('psnr', '7.3f')} dB  SSIM {number('ssim', '.4f')}  "
+            f"ab MSE {number('ab_mse', '9.2f')}  colorfulness {number('colorfulness', '6.2f')} "
+            f"(truth {number('colorfulness_truth', '6.2f')}, ratio {number('colorfulness_ratio', '.3f')})  "
+            f"AUC {number('auc', '.4f')} (rebalanced {number('auc_rebalanced', '.4f')})")
 
 
 
@@ -296,12 +338,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"evaluator: {m['images']} {m['split']} images at {m['image_size']}x{m['image_size']}")
     for name in ("model", "gray", "baseline"):
         if m[name] is not None:
-            print(_summary_line(name, {k: float("nan") if v is None else v for k, v in m[name].items()}))
+            print(_summary_line(name, m[name]))
     written = [result.metrics_path, result.blessing_path, result.grid_path]
     if result.historical:
         written.append(f"{len(result.historical)} photos in {posixpath.dirname(result.historical[0])}")
     print(f"evaluator: wrote {', '.join(written)}")
     verdict = "BLESSED" if result.blessed else f"NOT BLESSED (failed: {', '.join(result.failed_checks)})"
-    print(f"evaluator: model is {verdict}", flush=True)
+    print(f"evaluator: model is {verdict}")
+    print(f"evaluator: {result.reason}", flush=True)
     return 0
 

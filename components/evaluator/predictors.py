@@ -8,6 +8,7 @@ from typing import Callable
 
 import tensorflow as tf
 
+from components import colorbins  # noqa: F401 - registers the classification head's layer for load_model
 from components.evaluator.errors import EvaluationError
 from schemas import AB_SCALE
 from schemas.serving import PREDICT_AB_SIGNATURE

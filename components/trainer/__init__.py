@@ -12,6 +12,14 @@ weights and optimizer state. Model 2 on precomputed backbone embeddings:
 
     python -m components.trainer --examples out/embedded --output_dir out/train2 --model model2 --embeddings
 
+The classification head (Zhang et al. 2016: ab bins, class-rebalanced
+cross-entropy, annealed mean) needs the statistics stage's colour prior; a
+time budget stops after the epoch that crosses it:
+
+    python -m components.statistics --examples out/ingest --output_dir out/statistics
+    python -m components.trainer --examples out/ingest --output_dir out/train_cls --head classification \\
+        --prior out/statistics/prior.json --temperature 0.38 --max_minutes 60
+
 Multi-worker (MultiWorkerMirroredStrategy): the same command on every
 machine, TF_CONFIG naming the cluster and this machine's task; worker 0 is
 the chief and writes --output_dir (shared storage such as gs://), the others

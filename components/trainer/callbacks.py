@@ -1,4 +1,5 @@
-"""The trainer's Keras callbacks: resumable early stopping, best checkpoint, NaN stop, throughput, eval images."""
+"""The trainer's Keras callbacks: resumable early stopping, best checkpoint, NaN stop, throughput, time budget, eval
+images."""
 
 from __future__ import annotations
 
@@ -77,6 +78,34 @@ class _Throughput(keras.callbacks.Callback):
         timed = self._epochs[1:] or self._epochs
         seconds = sum(s for _, s in timed)
         return round(sum(b for b, _ in timed) * self._global_batch / seconds, 2) if seconds > 0 else None
+
+
+class _TimeBudget(keras.callbacks.Callback):
+    """Stop training after the epoch during which `minutes` have passed since training began (in this process: a
+    resumed run starts a new budget). Under MultiWorkerMirroredStrategy the workers vote each epoch, and all stop
+    after the first epoch whose end finds the budget spent on any of them."""
+
+    def __init__(self, minutes: float, strategy: tf.distribute.Strategy | None = None):
+        super().__init__()
+        self._seconds = 60.0 * float(minutes)
+        self._strategy = strategy
+        self.stopped_after: int | None = None
+        """The last epoch trained (0-based) when the budget stopped training, else None."""
+
+    def on_train_begin(self, logs=None):
+        self._start = time.monotonic()
+
+    def _spent(self) -> bool:
+        spent = time.monotonic() - self._start >= self._seconds
+        if isinstance(self._strategy, tf.distribute.MultiWorkerMirroredStrategy):  # spent on any worker
+            votes = self._strategy.run(lambda: tf.constant(float(spent)))
+            spent = float(self._strategy.reduce("SUM", votes, axis=None)) > 0.0
+        return spent
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._spent():
+            self.model.stop_training = True
+            self.stopped_after = epoch
 
 
 def gray_predicted_truth(l: np.ndarray, predicted_ab: np.ndarray, true_ab: np.ndarray) -> tf.Tensor:

@@ -32,7 +32,7 @@ EVAL_IMAGES = 4
 RANDOM_BACKBONE_WARNING = "training Model 2 with a randomly initialised backbone: this is not the report's Model 2"
 
 _HPARAMS_NAMES = {"model": "family", "width": "width", "loss": "loss", "learning_rate": "learning_rate",
-                  "batch_size": "batch_size"}
+                  "batch_size": "batch_size", "head": "head"}
 """TrainConfig field -> the hyperparameter it pins (components.hparams' names)."""
 
 
@@ -46,12 +46,16 @@ class TrainingDiverged(TrainError):
 
 @dataclasses.dataclass
 class TrainConfig:
-    """One training run. `model`, `batch_size`, `width`, `learning_rate` and `loss` override the hyperparameters file."""
+    """One training run. `model`, `head`, `batch_size`, `width`, `learning_rate` and `loss` override the hyperparameters
+    file."""
 
     examples: str = artifact("input", "example_gen output dir (or a TFRecord glob with {split})")
     output_dir: str = artifact("output", "where model.keras, checkpoints/, backup/, logs/ go")
     hparams: Optional[str] = artifact(
         "input", "the tuner's best hyperparameters JSON (default: the report's settings)", required=False, default=None
+    )
+    prior: Optional[str] = artifact(
+        "input", "the statistics stage's prior.json (needed by the classification head)", required=False, default=None
     )
     model: Optional[str] = setting(None, "model family; overrides the hyperparameters file",
                                 choices=hparams_lib.FAMILIES)
@@ -62,7 +66,19 @@ class TrainConfig:
     batch_size: Optional[int] = setting(None, "per-replica batch size; overrides the hyperparameters file")
     width: Optional[float] = setting(None, "channel-width multiplier; overrides the hyperparameters file")
     learning_rate: Optional[float] = setting(None, "Adam's learning rate; overrides the hyperparameters file")
-    loss: Optional[str] = setting(None, "training loss; overrides the hyperparameters file", choices=hparams_lib.LOSSES)
+    loss: Optional[str] = setting(None, "the regression head's training loss; overrides the hyperparameters file",
+                                  choices=hparams_lib.LOSSES)
+    head: Optional[str] = setting(
+        None, "output head: regression (tanh ab, the report's) or classification (ab bins with the class-rebalanced "
+        "cross-entropy, needs --prior); overrides the hyperparameters file", choices=hparams_lib.HEADS,
+    )
+    temperature: float = setting(
+        0.38, "annealed-mean temperature of the classification head, baked into the saved model: lower is more vivid "
+        "but blotchier, 1 is the plain mean (desaturated)"
+    )
+    max_minutes: Optional[float] = setting(
+        None, "stop training after this many minutes (a time budget); the best epoch so far is kept"
+    )
     precision: str = setting(
         "auto", "auto: mixed_float16 on GPU, mixed_bfloat16 on CPUs with native bf16, else float32",
         choices=PRECISIONS,
@@ -109,7 +125,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise TrainError(f"{prefix}{name} must be at least 1, got {value}.")
-        for name in ("width", "learning_rate"):
+        for name in ("width", "learning_rate", "temperature", "max_minutes"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise TrainError(f"{prefix}{name} must be positive, got {value}.")

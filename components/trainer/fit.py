@@ -1,4 +1,10 @@
-"""The training run: hyperparameters, Model 2's backbone weights, datasets, fit with resume, and model.keras."""
+"""The training run: hyperparameters, Model 2's backbone weights, the colour prior, datasets, fit with resume, and
+model.keras.
+
+With the classification head the model that fits is models.logits_model(end-to-end model) (L -> logits, the
+rebalanced cross-entropy against the prior); the checkpoints, the TensorBoard images and model.keras are the
+end-to-end model (L -> ab/128 through the annealed mean), which shares its layers.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +20,12 @@ import keras
 import tensorflow as tf
 
 import schemas
+from components import colorbins
 from components import hparams as hparams_lib
 from components import loader, models
-from components.trainer.callbacks import _BestCheckpoint, _EvalImages, _NaNStop, _ResumableEarlyStopping, _Throughput
+from components.trainer.callbacks import (
+    _BestCheckpoint, _EvalImages, _NaNStop, _ResumableEarlyStopping, _Throughput, _TimeBudget,
+)
 from components.trainer.config import (
     BACKUP_DIR, BEST_CHECKPOINT, CSV_LOG, EVAL_IMAGES, IMAGES_RUN, MODEL_FILE, RANDOM_BACKBONE_WARNING, SUMMARY_FILE,
     TENSORBOARD_DIR, TrainConfig, TrainError, TrainingDiverged, TrainResult,
@@ -63,6 +72,34 @@ def _backbone_weights(config: TrainConfig, hp: dict[str, Any]) -> str | None:
     return path
 
 
+def _prior(config: TrainConfig, hp: dict[str, Any]) -> colorbins.ColorPrior | None:
+    """The colour prior the classification head trains with (None for regression), checked against the model's
+    bins; TrainError with one sentence when it is missing, unreadable or made for other bins."""
+    if hp["head"] != "classification":
+        if config.prior:
+            _log.info("--prior %s is not used: the regression head trains with %s.", config.prior, hp["loss"])
+        return None
+    if not config.prior:
+        raise TrainError(
+            "the classification head trains with the class-rebalanced cross-entropy, which needs the colour prior; "
+            "pass --prior with the statistics stage's prior.json (python -m components.statistics writes it) or "
+            "use --head regression."
+        )
+    if not tf.io.gfile.exists(config.prior):
+        raise TrainError(f"prior file {config.prior} does not exist; run python -m components.statistics on the "
+                         "examples to write prior.json.")
+    try:
+        prior = colorbins.ColorPrior.load(config.prior)
+    except (ValueError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrainError(f"prior file {config.prior} is not a readable colour prior ({first.rstrip('.')}).") from None
+    try:
+        prior.check_compatible(colorbins.in_gamut_centres())
+    except ValueError as e:
+        raise TrainError(str(e)) from None
+    return prior
+
+
 def _check_embeddings(examples: str) -> None:
     """One sentence when the train records lack the precomputed embeddings."""
     path = loader.example_files(examples, "train")[0]
@@ -79,10 +116,13 @@ def _build(config: TrainConfig, hp: dict[str, Any], weights: str | None) -> tupl
     try:
         if hp["family"] == "model1" or not config.embeddings:
             model = models.build_model(
-                hp["family"], config.image_size, width=hp["width"], backbone=hp["backbone"], weights=weights
+                hp["family"], config.image_size, width=hp["width"], backbone=hp["backbone"], weights=weights,
+                head=hp["head"], temperature=config.temperature,
             )
             return model, model
-        parts = models.build_model2_parts(config.image_size, hp["width"], hp["backbone"], weights)
+        parts = models.build_model2_parts(
+            config.image_size, hp["width"], hp["backbone"], weights, head=hp["head"], temperature=config.temperature
+        )
         return parts.head, parts.end_to_end
     except models.MissingWeightsError:
         raise
@@ -134,16 +174,19 @@ def _work_around_keras_multi_worker_bugs(model: keras.Model, dataset: tf.data.Da
 def _export(
     config: TrainConfig, hp: dict[str, Any], weights: str | None, checkpoint: str, fallback: keras.Model, path: str
 ) -> keras.Model:
-    """Save the best checkpoint's weights as a float32 end-to-end model, compiled, atomically."""
+    """Save the best checkpoint's weights as a float32 end-to-end model (L -> ab/128; compiled for the regression
+    head, the classification head's annealed mean and temperature inside), atomically."""
     with _global_policy("float32"):
         model = models.build_model(
-            hp["family"], config.image_size, width=hp["width"], backbone=hp["backbone"], weights=weights
+            hp["family"], config.image_size, width=hp["width"], backbone=hp["backbone"], weights=weights,
+            head=hp["head"], temperature=config.temperature,
         )
         if tf.io.gfile.exists(checkpoint):
             model.load_weights(checkpoint)
         else:
             model.set_weights(fallback.get_weights())
-        models.compile_model(model, learning_rate=hp["learning_rate"], loss=hp["loss"])
+        if hp["head"] == "regression":  # the classification head compiles its logits model, not this one
+            models.compile_model(model, learning_rate=hp["learning_rate"], loss=hp["loss"])
         partial = posixpath.join(posixpath.dirname(path), ".partial." + posixpath.basename(path))
         model.save(partial, overwrite=True)
         tf.io.gfile.rename(partial, path, overwrite=True)
@@ -159,6 +202,7 @@ def train(config: TrainConfig) -> TrainResult:
     config.validate()
     strategy = choose_strategy(config.distribute)
     hp = _resolve_hparams(config)
+    prior = _prior(config, hp)
     if config.embeddings and hp["family"] != "model2":
         raise TrainError("--embeddings trains Model 2's head on precomputed embeddings; add --model model2.")
     if config.embeddings:
@@ -193,7 +237,8 @@ def train(config: TrainConfig) -> TrainResult:
     )
     weights = _backbone_weights(config, hp)
 
-    print(f"trainer: {hp['family']} width {hp['width']:g}, global batch {global_batch}, precision {policy} "
+    head = "regression head" if hp["head"] == "regression" else f"classification head (T={config.temperature:g})"
+    print(f"trainer: {hp['family']} width {hp['width']:g}, {head}, global batch {global_batch}, precision {policy} "
           f"({policy_reason}), {_strategy_name(strategy)} strategy with {replicas} replica(s); "
           f"writing to {config.output_dir}", flush=True)
     if initial_epoch:
@@ -202,10 +247,13 @@ def train(config: TrainConfig) -> TrainResult:
     try:
         with _global_policy(policy), strategy.scope():
             trained, end_to_end = _build(config, hp, weights)
-            models.compile_model(trained, learning_rate=hp["learning_rate"], loss=hp["loss"])
+            fitted = models.compile_model(
+                trained, learning_rate=hp["learning_rate"], loss=hp["loss"], head=hp["head"], prior=prior
+            )
             if multi_worker:
-                _work_around_keras_multi_worker_bugs(trained, train_ds)
+                _work_around_keras_multi_worker_bugs(fitted, train_ds)
             nan_stop, throughput = _NaNStop(), _Throughput(global_batch)
+            budget = None if config.max_minutes is None else _TimeBudget(config.max_minutes, strategy)
             callbacks = [
                 nan_stop,
                 throughput,
@@ -222,8 +270,10 @@ def train(config: TrainConfig) -> TrainResult:
                 callbacks.append(keras.callbacks.ReduceLROnPlateau(
                     monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2), min_lr=1e-6, verbose=1
                 ))
+            if budget is not None:
+                callbacks.append(budget)
             callbacks.append(keras.callbacks.BackupAndRestore(mine.backup))
-            trained.fit(
+            fitted.fit(
                 train_ds, validation_data=val_ds, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
                 validation_steps=config.validation_steps, callbacks=callbacks, verbose=verbose, shuffle=False,
             )
@@ -233,6 +283,9 @@ def train(config: TrainConfig) -> TrainResult:
                 f"training stopped: the loss became NaN at epoch {epoch + 1} (batch {batch + 1}); lower the "
                 f"learning rate ({hp['learning_rate']:g}, set in --hparams) or check the data."
             )
+        if budget is not None and budget.stopped_after is not None:
+            print(f"trainer: stopped after epoch {budget.stopped_after + 1}: the time budget of {config.max_minutes:g} "
+                  "minutes is spent (model.keras is the best epoch so far)", flush=True)
 
         rows = _read_log(mine.csv)
         best_val_loss, best_epoch = _best(rows)
@@ -240,6 +293,12 @@ def train(config: TrainConfig) -> TrainResult:
         summary = {
             "model": hp["family"],
             "hparams": hp,
+            "head": hp["head"],
+            "temperature": config.temperature if hp["head"] == "classification" else None,
+            "prior": config.prior if prior is not None else None,
+            "prior_fingerprint": None if prior is None else prior.fingerprint,
+            "max_minutes": config.max_minutes,
+            "stopped_by_time_budget": budget is not None and budget.stopped_after is not None,
             "image_size": config.image_size,
             "precision": {"policy": policy, "reason": policy_reason},
             "strategy": {"name": _strategy_name(strategy), "replicas": replicas, "global_batch_size": global_batch},

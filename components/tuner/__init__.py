@@ -1,11 +1,12 @@
 """tuner: keras-tuner search over the autoencoder variants; the best hyperparameters go to JSON.
 
 Each trial builds one model from hparams.SEARCH_SPACE (family, width,
-Model 2's backbone, loss, learning rate, batch size), streams the train and
-eval splits with the sampled batch size and reports the objective (default
-val_mae: val_loss would favour Huber trials, whose loss is on a smaller
-scale than MSE's). The winner is written with hparams.save, so the trainer reads it
-with `--hparams OUT/best_hparams.json`. keras-tuner's own state lives in
+Model 2's backbone, head, the regression head's loss, learning rate, batch
+size), streams the train and eval splits with the sampled batch size and
+reports the objective (default val_mae: val_loss would favour Huber trials,
+whose loss is on a smaller scale than MSE's, and cannot compare the heads).
+The winner is written with hparams.save, so the trainer reads it with
+`--hparams OUT/best_hparams.json`. keras-tuner's own state lives in
 OUT/tuner/: re-running the same command resumes, reusing finished trials
 and re-running one that was interrupted.
 
@@ -14,6 +15,11 @@ max_epochs):
 
     python -m components.tuner --examples /tmp/ingest --output_dir /tmp/tune \\
         --algorithm random --max_trials 20 --epochs 5 --steps_per_epoch 100 --image_size 224
+
+Classification trials (the head is searched unless pinned, e.g. --fix
+head=regression) train against the statistics stage's colour prior, so pass
+--prior OUT/statistics/prior.json; their val_mae is the decoded ab's, so
+it compares the heads.
 
 Model 1 only, quickly (pin any hyperparameter with --fix NAME=VALUE):
 
@@ -50,7 +56,8 @@ from components.tuner.config import (  # noqa: F401
     check_objective,
 )
 
-_SEARCH = ("TuneResult", "parse_objective", "distributed_role", "backbone_weights", "ColorizationHyperModel",
+_SEARCH = ("TuneResult", "parse_objective", "distributed_role", "backbone_weights", "load_prior",
+           "ColorizationHyperModel",
            "RecordsTrials", "RandomSearch", "Hyperband", "BayesianOptimization", "TUNERS", "tune")
 _LAZY = {**{name: "search" for name in _SEARCH}, **{name: "cli" for name in ("_build_parser", "run", "main")}}
 """Public names that need TensorFlow (or the CLI), imported from their module on first use."""

@@ -36,10 +36,16 @@ def check_objective(text: str, prefix: str = "--") -> tuple[str, str]:
 
 @dataclasses.dataclass
 class TuneConfig:
-    """One search. `fixed` pins hyperparameters (e.g. {"family": "model1"}); the rest are searched."""
+    """One search. `fixed` pins hyperparameters (e.g. {"family": "model1"}, {"head": "regression"}); the rest are
+    searched. Classification trials train against `prior`, which the search needs unless head is pinned to
+    regression."""
 
     examples: str = artifact("input", "example_gen's output dir (or a TFRecord glob with {split})")
     output_dir: str = artifact("output", "where best_hparams.json and tuner/ (keras-tuner's state) go")
+    prior: Optional[str] = artifact(
+        "input", "the statistics stage's prior.json (needed when the search may build the classification head)",
+        required=False, default=None,
+    )
     algorithm: str = setting("random", "search algorithm", choices=ALGORITHMS)
     max_trials: int = setting(10, "trials in all; for hyperband a cap on what its brackets ask for")
     objective: str = setting(

@@ -14,7 +14,7 @@ import keras
 import keras_tuner as kt
 import tensorflow as tf
 
-from components import hparams, loader, models
+from components import colorbins, hparams, loader, models
 from components.tuner.config import (
     RUN_BY_FILE, SETTINGS_FILE, TUNER_PROJECT, TuneConfig, TunerError, check_objective,
 )
@@ -79,22 +79,52 @@ def backbone_weights(config: TuneConfig) -> dict[str, str | None]:
     return resolved
 
 
-class ColorizationHyperModel(kt.HyperModel):
-    """build(hp): one autoencoder from hparams' search space; fit(hp, ...): datasets with the sampled batch size."""
+def load_prior(config: TuneConfig) -> colorbins.ColorPrior | None:
+    """The colour prior classification trials train with, loaded and checked against the models' bins before any
+    trial runs; None when head is pinned to regression. TunerError (one sentence) when the search may build the
+    classification head and there is no usable prior."""
+    heads = [config.fixed["head"]] if "head" in config.fixed else list(hparams.HEADS)
+    if "classification" not in heads:
+        return None
+    if not config.prior:
+        raise TunerError(
+            "the search may build the classification head, which trains against the colour prior; pass --prior with "
+            "the statistics stage's prior.json or pin the head with --fix head=regression."
+        )
+    if not tf.io.gfile.exists(config.prior):
+        raise TunerError(f"prior file {config.prior} does not exist; run python -m components.statistics on the "
+                         "examples to write prior.json.")
+    try:
+        loaded = colorbins.ColorPrior.load(config.prior)
+        loaded.check_compatible(colorbins.in_gamut_centres())
+    except (ValueError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TunerError(f"prior file {config.prior} cannot be used ({first.rstrip('.')}).") from None
+    return loaded
 
-    def __init__(self, config: TuneConfig, weights: dict[str, str | None]):
+
+class ColorizationHyperModel(kt.HyperModel):
+    """build(hp): one autoencoder from hparams' search space, compiled by models.compile_model (for the
+    classification head that is the logits model, which shares the model's layers); fit(hp, ...): datasets with
+    the sampled batch size."""
+
+    def __init__(self, config: TuneConfig, weights: dict[str, str | None],
+                 color_prior: colorbins.ColorPrior | None = None):
         super().__init__(name="colorization")
         self.config = config
         self.weights = weights
+        self.prior = color_prior
 
     def declare_hyperparameters(self, hp: kt.HyperParameters) -> None:
-        """The whole space, Model 2's backbone included, without building a model."""
+        """The whole space, the conditional ones (Model 2's backbone, the regression head's loss) included, without
+        building a model."""
         hparams.define_search_space(hp, self.config.fixed)
-        if "family" not in self.config.fixed:
-            default = hp.values["family"]
-            hp.values["family"] = "model2"
-            hparams.define_search_space(hp, self.config.fixed)
-            hp.values["family"] = default
+        for parent, active in (("family", "model2"), ("head", "regression")):
+            if parent not in self.config.fixed:
+                default = hp.values[parent]
+                hp.values[parent] = active
+                hparams.define_search_space(hp, self.config.fixed)
+                hp.values[parent] = default
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         values = hparams.define_search_space(hp, self.config.fixed)
@@ -104,8 +134,11 @@ class ColorizationHyperModel(kt.HyperModel):
             width=values["width"],
             backbone=values["backbone"],
             weights=self.weights.get(values["backbone"]) if values["family"] == "model2" else None,
+            head=values["head"],
         )
-        return models.compile_model(model, learning_rate=values["learning_rate"], loss=values["loss"])
+        return models.compile_model(
+            model, learning_rate=values["learning_rate"], loss=values["loss"], head=values["head"], prior=self.prior
+        )
 
     def fit(self, hp: kt.HyperParameters, model: keras.Model, *args, **kwargs) -> keras.callbacks.History:
         batch_size = hparams.define_search_space(hp, self.config.fixed)["batch_size"]
@@ -159,17 +192,21 @@ class BayesianOptimization(RecordsTrials, kt.BayesianOptimization):
 TUNERS = {"random": RandomSearch, "hyperband": Hyperband, "bayesian": BayesianOptimization}
 
 
-def _settings(config: TuneConfig) -> dict[str, Any]:
-    """What must not change between runs sharing one OUT/tuner (max_trials may grow)."""
+def _settings(config: TuneConfig, color_prior: colorbins.ColorPrior | None = None) -> dict[str, Any]:
+    """What must not change between runs sharing one OUT/tuner (max_trials may grow); the prior by its fingerprint
+    (recorded only when classification trials use one, so searches without one resume as before)."""
     keep = ("examples", "algorithm", "objective", "epochs", "steps_per_epoch", "validation_steps", "image_size",
             "fixed", "seed", "hyperband_factor")
-    return {name: getattr(config, name) for name in keep}
+    values = {name: getattr(config, name) for name in keep}
+    if color_prior is not None:
+        values["prior_fingerprint"] = color_prior.fingerprint
+    return values
 
 
-def _check_settings(config: TuneConfig, tuner_dir: str) -> None:
+def _check_settings(config: TuneConfig, tuner_dir: str, color_prior: colorbins.ColorPrior | None = None) -> None:
     """Refuse to resume a search started with other settings; record them on the first run."""
     path = posixpath.join(tuner_dir, SETTINGS_FILE)
-    wanted = json.loads(json.dumps(_settings(config)))
+    wanted = json.loads(json.dumps(_settings(config, color_prior)))
     if tf.io.gfile.exists(path):
         with tf.io.gfile.GFile(path) as f:
             found = json.load(f)
@@ -202,11 +239,12 @@ def tune(config: TuneConfig) -> TuneResult:
     if role != "chief":
         _check_examples(config)
     weights = backbone_weights(config)
+    color_prior = load_prior(config)
     if role != "worker":
-        _check_settings(config, tuner_dir)
+        _check_settings(config, tuner_dir, color_prior)
 
     common = dict(
-        hypermodel=ColorizationHyperModel(config, weights),
+        hypermodel=ColorizationHyperModel(config, weights, color_prior),
         objective=objective,
         seed=config.seed,
         directory=output_dir,

@@ -16,7 +16,7 @@ def run(ctx: executor.StageContext) -> dict:
     from components import hparams, loader, models, trainer
 
     config = dataclasses.replace(ctx.config.train, examples=ctx.input("examples"), output_dir=ctx.output_dir,
-                                 hparams=ctx.input("hparams"))
+                                 hparams=ctx.input("hparams"), prior=ctx.input("prior"))
     with executor.user_errors(trainer.TrainError, hparams.HparamsError, loader.LoaderError,
                               models.MissingWeightsError, failures=(trainer.TrainingDiverged,)):
         result = trainer.train(config)
@@ -31,6 +31,7 @@ def run(ctx: executor.StageContext) -> dict:
 
 def stage(config: Any) -> executor.Stage:
     return executor.Stage(
-        NAME, run, inputs={"examples": "ingest", "hparams": "tune.best_hparams"}, after=("validate",),
+        NAME, run, inputs={"examples": "ingest", "hparams": "tune.best_hparams", "prior": "statistics.prior"},
+        after=("validate",),
         config=lambda c: settings.settings_dict(c.train), code=(__name__,), outputs={"model": MODEL_FILE},
     )

@@ -27,7 +27,8 @@ def run(ctx: executor.StageContext) -> dict:
     from components import hparams, loader, models, tuner
 
     with executor.user_errors(tuner.TunerError, hparams.HparamsError, loader.LoaderError, models.MissingWeightsError):
-        result = tuner.tune(component_config(ctx.config, examples=ctx.input("examples"), output_dir=ctx.output_dir))
+        result = tuner.tune(component_config(ctx.config, examples=ctx.input("examples"), prior=ctx.input("prior"),
+                                             output_dir=ctx.output_dir))
     print(f"tune: best trial {result.trial_id} (val_mae {result.score:.6g}) of {result.completed_trials}: "
           f"{result.hyperparameters}", flush=True)
     return {"best_score": result.score, "trial_id": result.trial_id, "completed_trials": result.completed_trials,
@@ -36,7 +37,7 @@ def run(ctx: executor.StageContext) -> dict:
 
 def stage(config: Any) -> executor.Stage:
     return executor.Stage(
-        NAME, run, inputs={"examples": "ingest"}, after=("validate",),
+        NAME, run, inputs={"examples": "ingest", "prior": "statistics.prior"}, after=("validate",),
         config=lambda c: dataclasses.asdict(component_config(c)), code=(__name__,),
         skip=None if config.tune.enabled else "tune.enabled is false", outputs={"best_hparams": BEST_HPARAMS_FILE},
     )
