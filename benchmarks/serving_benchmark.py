@@ -42,6 +42,8 @@ from typing import Callable
 import numpy as np
 
 from benchmarks.measure import child_env, machine_info, median, print_table, usable_cores
+from schemas.artifacts import BATCHING_FILE
+from schemas.serving import COLORIZED_BYTES, IMAGE_BYTES, SERVING_SIGNATURE
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_NAME = "colorizer"
@@ -124,7 +126,7 @@ def _closed_loop(call: Callable[[], None], *, concurrency: int, warmup: int, req
 def _in_process(base: str, images: dict[str, bytes], args) -> list[dict]:
     import tensorflow as tf
 
-    fn = tf.saved_model.load(os.path.join(base, "1")).signatures["serving_default"]
+    fn = tf.saved_model.load(os.path.join(base, "1")).signatures[SERVING_SIGNATURE]
     rows = []
     for name, data in images.items():
         request = tf.constant([data])
@@ -145,12 +147,12 @@ def _grpc_caller(port: int, data: bytes) -> Callable[[], None]:
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     request = predict_pb2.PredictRequest()
     request.model_spec.name = MODEL_NAME
-    request.model_spec.signature_name = "serving_default"
-    request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([data], dtype=tf.string))
+    request.model_spec.signature_name = SERVING_SIGNATURE
+    request.inputs[IMAGE_BYTES].CopyFrom(tf.make_tensor_proto([data], dtype=tf.string))
 
     def call() -> None:
         response = stub.Predict(request, timeout=120)
-        if not response.outputs["colorized_bytes"].string_val:
+        if not response.outputs[COLORIZED_BYTES].string_val:
             raise RuntimeError("gRPC response holds no colorized_bytes")
 
     return call
@@ -209,7 +211,7 @@ def _served(base: str, images: dict[str, bytes], args, batching: bool, workdir: 
     cmd = [sys.executable, "-m", "serving.server", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
            f"--model_name={MODEL_NAME}", f"--model_base_path={base}"]
     if batching:
-        params = os.path.join(workdir, "batching_parameters.txt")
+        params = os.path.join(workdir, BATCHING_FILE)
         with open(params, "w") as f:
             f.write("max_batch_size { value: 8 }\nbatch_timeout_micros { value: 2000 }\n"
                     "max_enqueued_batches { value: 100 }\nnum_batch_threads { value: 2 }\n")

@@ -354,6 +354,21 @@ class ColorPrior:
             )
 
 
+def load_prior(path: str, centres=None) -> ColorPrior:
+    """The prior at `path`, checked against `centres` (default: in_gamut_centres()); ValueError with one sentence
+    naming the file and the fix when it is missing, unreadable or made for other bins."""
+    if not tf.io.gfile.exists(path):
+        raise ValueError(f"prior file {path} does not exist; run python -m components.statistics on the examples "
+                         "to write prior.json.")
+    try:
+        prior = ColorPrior.load(path)
+    except (ValueError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"prior file {path} is not a readable colour prior ({first.rstrip('.')}).") from None
+    prior.check_compatible(in_gamut_centres() if centres is None else centres)
+    return prior
+
+
 def render_prior_png(prior: ColorPrior, scale: int = 8) -> bytes:
     """PNG of the prior (left) and the rebalancing weights (right) on the ab plane, a to the right, b upwards.
 

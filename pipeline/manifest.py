@@ -205,7 +205,7 @@ def _loads_lazily(init_path: str) -> bool:
     statement shows: all of its modules then count."""
     with open(init_path, encoding="utf-8") as f:
         text = f.read()
-    return "def __getattr__" in text or "import_module(" in text
+    return "def __getattr__" in text or "import_module(" in text or "lazy_exports(" in text
 
 
 def _submodules(package: str, folder: str) -> list[str]:

@@ -43,9 +43,7 @@ components.trainer loads only config; the rest loads on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from components.lazy import lazy_exports
 from components.trainer.config import (  # noqa: F401
     BACKUP_DIR, BEST_CHECKPOINT, BF16_CPU_FLAGS, CSV_LOG, DISTRIBUTIONS, EVAL_IMAGES, IMAGE_TAG, IMAGES_RUN,
     MODEL_FILE, PRECISIONS, RANDOM_BACKBONE_WARNING, SUMMARY_FILE, TENSORBOARD_DIR, TrainConfig, TrainError,
@@ -61,14 +59,4 @@ _LAZY = {
 }
 """Public names that need TensorFlow (or the CLI), imported from their module on first use."""
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)

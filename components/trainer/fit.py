@@ -85,19 +85,10 @@ def _prior(config: TrainConfig, hp: dict[str, Any]) -> colorbins.ColorPrior | No
             "pass --prior with the statistics stage's prior.json (python -m components.statistics writes it) or "
             "use --head regression."
         )
-    if not tf.io.gfile.exists(config.prior):
-        raise TrainError(f"prior file {config.prior} does not exist; run python -m components.statistics on the "
-                         "examples to write prior.json.")
     try:
-        prior = colorbins.ColorPrior.load(config.prior)
-    except (ValueError, KeyError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TrainError(f"prior file {config.prior} is not a readable colour prior ({first.rstrip('.')}).") from None
-    try:
-        prior.check_compatible(colorbins.in_gamut_centres())
+        return colorbins.load_prior(config.prior)
     except ValueError as e:
         raise TrainError(str(e)) from None
-    return prior
 
 
 def _check_embeddings(examples: str) -> None:

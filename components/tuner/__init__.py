@@ -48,28 +48,16 @@ loads only config; the rest loads on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from components.lazy import lazy_exports
 from components.tuner.config import (  # noqa: F401
     ALGORITHMS, OBJECTIVE_METRICS, RUN_BY_FILE, SETTINGS_FILE, TUNER_PROJECT, TuneConfig, TunerError,
     check_objective,
 )
 
 _SEARCH = ("TuneResult", "parse_objective", "distributed_role", "backbone_weights", "load_prior",
-           "ColorizationHyperModel",
-           "RecordsTrials", "RandomSearch", "Hyperband", "BayesianOptimization", "TUNERS", "tune")
+           "ColorizationHyperModel", "RecordsTrials", "RandomSearch", "Hyperband", "BayesianOptimization", "TUNERS",
+           "tune")
 _LAZY = {**{name: "search" for name in _SEARCH}, **{name: "cli" for name in ("_build_parser", "run", "main")}}
 """Public names that need TensorFlow (or the CLI), imported from their module on first use."""
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
