@@ -90,10 +90,6 @@ def setting_fields(cls: type) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if role(f) == "setting"]
 
 
-def linked_fields(cls: type) -> list[dataclasses.Field]:
-    return [f for f in dataclasses.fields(cls) if role(f) == "linked"]
-
-
 def settings_dict(obj: Any) -> dict[str, Any]:
     """The settings of `obj` (nested sections as dicts), JSON-able: what a config section holds and fingerprints."""
     out = {}
@@ -201,21 +197,6 @@ def narrow(obj: Any, cls: type, **overrides: Any) -> Any:
     return cls(**{**values, **overrides})
 
 
-def from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
-    """An instance of `cls` from a mapping of its fields (artifacts and linked fields included), coerced."""
-    hints = _hints(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in values:
-            continue
-        typ = hints[f.name]
-        if dataclasses.is_dataclass(typ):
-            kwargs[f.name] = from_dict(typ, values[f.name], f"{prefix}{f.name}.")
-        else:
-            kwargs[f.name] = coerce(values[f.name], typ, f"{prefix}{f.name}")
-    return cls(**kwargs)
-
-
 # ---------------------------------------------------------------- the CLI, derived
 
 
@@ -312,25 +293,3 @@ def from_args(cls: type, args: argparse.Namespace, **overrides: Any) -> Any:
             kwargs[f.name] = value
     kwargs.update(overrides)
     return cls(**kwargs)
-
-
-def to_argv(obj: Any) -> list[str]:
-    """The flags that reproduce `obj` on the component's CLI (the inverse of from_args)."""
-    argv: list[str] = []
-    hints = _hints(type(obj))
-    for f in dataclasses.fields(obj):
-        value, typ = getattr(obj, f.name), hints[f.name]
-        flag = f.metadata.get(_FLAG) or f"--{f.name}"
-        if dataclasses.is_dataclass(typ):
-            argv += to_argv(value)
-        elif typ is bool:
-            default = f.default if f.default is not dataclasses.MISSING else False
-            if value != default:
-                argv.append(flag if value else f"--no-{f.name}")
-        elif get_origin(typ) is dict or typ is dict:
-            argv += [a for k, v in value.items() for a in (flag, f"{k}={v}")]
-        elif value is None or (f.metadata.get(_ROLE) and value == ""):
-            continue
-        else:
-            argv += [flag, str(value)]
-    return argv

@@ -297,7 +297,7 @@ def coerce(value: Any, typ: Any, key: str) -> Any:
         raise ConfigError(str(e)) from None
 
 
-def _fields(obj: Any, prefix: str = "") -> dict[str, Any]:
+def _fields(obj: Any) -> dict[str, Any]:
     """The keys a user may set in this section: every field of a pipeline section, the settings of a component's.
 
     Asking for a component field the pipeline fills (an artifact path, or a value linked to another key) is a
