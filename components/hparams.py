@@ -16,9 +16,11 @@ FAMILIES = ("model1", "model2")
 BACKBONES = ("inception_resnet_v2", "mobilenet_v2")
 LOSSES = ("mse", "huber")
 HEADS = ("regression", "classification")
-"""The model families, Model 2's backbones, the regression head's losses and the output heads (regression: tanh
-ab; classification: logits over colorbins' ab bins decoded by the annealed mean); components.models builds them;
-here so a config can name its choices without importing Keras."""
+FUSIONS = ("global", "spatial")
+"""The model families, Model 2's backbones, the regression head's losses, the output heads (regression: tanh
+ab; classification: logits over colorbins' ab bins decoded by the annealed mean) and what Model 2 fuses (global:
+the classifier's 1000 class probabilities, the report's; spatial: two of its feature maps, resized to the
+bottleneck); components.models builds them; here so a config can name its choices without importing Keras."""
 
 # The report: Model 1, Adam at Keras's default rate, MSE, batch 48.
 DEFAULTS: dict[str, Any] = {
@@ -29,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "learning_rate": 1e-3,
     "batch_size": 48,
     "head": "regression",
+    "fusion": "global",
 }
 
 # name -> (kind, choices or (min, max, sampling)); read by define_search_space.
@@ -40,10 +43,11 @@ SEARCH_SPACE: dict[str, tuple] = {
     "learning_rate": ("float", (1e-4, 3e-3, "log")),
     "batch_size": ("choice", (16, 32, 48)),
     "head": ("choice", HEADS),
+    "fusion": ("choice", FUSIONS),
 }
 
 
-_CONDITIONAL = {"backbone": ("family", "model2"), "loss": ("head", "regression")}
+_CONDITIONAL = {"backbone": ("family", "model2"), "fusion": ("family", "model2"), "loss": ("head", "regression")}
 """name -> (parent, the parent's value under which it is searched)."""
 
 
@@ -87,7 +91,7 @@ def validate(hparams: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise HparamsError(f"unknown hyperparameters {unknown}; known ones are {sorted(DEFAULTS)}.")
     merged = {**DEFAULTS, **hparams}
-    for name in ("family", "backbone", "loss", "head"):
+    for name in ("family", "backbone", "loss", "head", "fusion"):
         choices = SEARCH_SPACE[name][1]
         if merged[name] not in choices:
             raise HparamsError(f"{name} must be one of {list(choices)}, got {merged[name]!r}.")

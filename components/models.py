@@ -4,7 +4,11 @@ Model 1 is a plain convolutional autoencoder. Model 2 fuses a frozen
 ImageNet classifier's 1000 class probabilities into the bottleneck; unlike
 the report's two-input version, its 299x299x3 backbone input is derived
 inside the graph from the single L input, so both models take only "l" and
-export to one SavedModel that runs end to end.
+export to one SavedModel that runs end to end. With `fusion="spatial"`
+Model 2 fuses two of the classifier's feature maps instead, resized to the
+bottleneck's grid, so the decoder learns where things are, not only what the
+picture holds (the pretrained-encoder idea of DeOldify's U-Net, kept to the
+report's layout).
 
 Because the backbone is frozen, `build_model2_parts` also splits Model 2
 into a `backbone` (L -> embedding) and a `head` ({"l", "embedding"} -> ab)
@@ -51,7 +55,7 @@ from typing import Callable, NamedTuple
 
 import keras
 from components import colorbins
-from components.hparams import BACKBONES, FAMILIES, HEADS, LOSSES
+from components.hparams import BACKBONES, FAMILIES, FUSIONS, HEADS, LOSSES
 from components.settings import NONE
 from schemas import AB_SCALE, EMBEDDING_SIZE
 
@@ -86,6 +90,8 @@ class _Backbone:
     application: Callable[..., keras.Model]
     weights_file: str
     weights_url: str
+    spatial_layers: tuple[str, ...] = ()
+    """The feature maps spatial fusion takes: one at stride 16, one at 32 (the last before pooling)."""
     weights_hash: str | None = None
     """The file's hash as the Keras application checks it (None where Keras checks none)."""
 
@@ -96,6 +102,7 @@ _BACKBONES = {
         application=keras.applications.InceptionResNetV2,
         weights_file="inception_resnet_v2_weights_tf_dim_ordering_tf_kernels.h5",
         weights_url="https://storage.googleapis.com/tensorflow/keras-applications/inception_resnet_v2/",
+        spatial_layers=("mixed_6a", "conv_7b_ac"),
         weights_hash="e693bd0210a403b3192acc6073ad2e96",
     ),
     "mobilenet_v2": _Backbone(
@@ -103,6 +110,7 @@ _BACKBONES = {
         application=keras.applications.MobileNetV2,
         weights_file="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5",
         weights_url="https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/",
+        spatial_layers=("block_13_expand_relu", "out_relu"),
     ),
 }
 
@@ -295,33 +303,59 @@ def _frozen_classifier(backbone: str, weights: str | None) -> keras.Model:
     return net
 
 
-def _build_backbone(image_size: int, backbone: str, weights: str | None) -> keras.Model:
-    """L [S, S, 1] -> the frozen classifier's 1000 probabilities, preprocessed in the graph.
+def _check_fusion(fusion: str) -> None:
+    _check_choice("fusion", fusion, FUSIONS)
 
-    Gray RGB through the applications' "tf" preprocess_input is L/100 in [0, 1]
-    mapped to [-1, 1], repeated to three channels.
+
+def _build_backbone(image_size: int, backbone: str, weights: str | None, fusion: str = "global") -> keras.Model:
+    """L [S, S, 1] -> what Model 2 fuses, from the frozen classifier, preprocessed in the graph.
+
+    global (the report's): the 1000 class probabilities. spatial: the classifier's `spatial_layers` feature
+    maps, each resized (bilinear) to the bottleneck's S/8 x S/8 grid and concatenated: where the sky, the
+    grass and the faces are, not only that there are some. Gray RGB through the applications' "tf"
+    preprocess_input is L/100 in [0, 1] mapped to [-1, 1], repeated to three channels.
     """
     spec = _BACKBONES[backbone]
     l = _l_input(image_size)
     x = keras.layers.Resizing(spec.size, spec.size, name="backbone_resize")(l)
     x = keras.layers.Rescaling(2.0 / 100.0, offset=-1.0, name="backbone_scale")(x)
     x = keras.layers.Concatenate(name="backbone_gray_rgb")([x, x, x])
-    embedding = _frozen_classifier(backbone, weights)(x)
-    return keras.Model(l, embedding, name="model2_backbone")
+    classifier = _frozen_classifier(backbone, weights)
+    if fusion == "global":
+        return keras.Model(l, classifier(x), name="model2_backbone")
+    features = keras.Model(
+        classifier.inputs, [classifier.get_layer(name).output for name in spec.spatial_layers],
+        name=f"{backbone}_features",
+    )
+    features.trainable = False
+    cells = int(image_size) // 8
+    maps = [
+        keras.layers.Resizing(cells, cells, name=f"backbone_features{i}_resize")(feature_map)
+        for i, feature_map in enumerate(features(x), start=1)
+    ]
+    return keras.Model(l, keras.layers.Concatenate(name="backbone_features")(maps), name="model2_backbone")
 
 
 def _build_head(
-    image_size: int, width: float, head: str = "regression", temperature: float = TEMPERATURE
+    image_size: int, width: float, head: str = "regression", temperature: float = TEMPERATURE,
+    features: tuple[int, ...] = (EMBEDDING_SIZE,),
 ) -> keras.Model:
-    """{"l": L, "embedding": 1000 probabilities} -> ab/128: every trainable layer of Model 2."""
+    """{"l": L, "embedding": what the backbone gives} -> ab/128: every trainable layer of Model 2.
+
+    `features` is the backbone output's shape: (1000,) probabilities are repeated over the S/8 x S/8 grid (the
+    report's fusion); a (S/8, S/8, C) feature map is concatenated as it is.
+    """
     l = _l_input(image_size)
-    embedding = keras.Input(shape=(EMBEDDING_SIZE,), name="embedding", dtype="float32")
+    embedding = keras.Input(shape=tuple(features), name="embedding", dtype="float32")
     x = l
     for i, (filters, kernel, strides) in enumerate(_MODEL2_ENCODER, start=1):
         x = _conv(filters, width, f"encoder_conv{i}", kernel, strides)(x)
     cells = int(image_size) // 8
-    fused = keras.layers.RepeatVector(cells * cells, name="fusion_repeat")(embedding)
-    fused = keras.layers.Reshape((cells, cells, EMBEDDING_SIZE), name="fusion_reshape")(fused)
+    if len(features) == 1:
+        fused = keras.layers.RepeatVector(cells * cells, name="fusion_repeat")(embedding)
+        fused = keras.layers.Reshape((cells, cells, features[0]), name="fusion_reshape")(fused)
+    else:
+        fused = embedding
     x = keras.layers.Concatenate(name="fusion_concat")([x, fused])
     x = _conv(256, width, "fusion_conv", kernel=1)(x)
     x = _conv(256, width, "decoder_conv1")(x)
@@ -335,24 +369,27 @@ def _build_head(
 
 def build_model2_parts(
     image_size: int = 224, width: float = 1.0, backbone: str = "inception_resnet_v2", weights: str | None = None,
-    head: str = "regression", temperature: float = TEMPERATURE,
+    head: str = "regression", temperature: float = TEMPERATURE, fusion: str = "global",
 ) -> Model2Parts:
-    """The report's Model 2 (7,075,922 trainable parameters at 224, regression head) and its backbone/head split.
+    """The report's Model 2 (7,075,922 trainable parameters at 224, regression head, global fusion) and its
+    backbone/head split.
 
     `weights`: as resolve_backbone_weights takes it: "none" or None (random
     backbone: not the report's model, a warning is logged), "imagenet" (the
-    Keras cache, fetched when missing) or a .h5 path.
+    Keras cache, fetched when missing) or a .h5 path. `fusion`: global (the
+    report's class probabilities) or spatial (feature maps; see _build_backbone).
     """
     _check_size_and_width(image_size, width)
     _check_choice("backbone", backbone, BACKBONES)
     _check_head(head, temperature)
+    _check_fusion(fusion)
     if is_random(weights):
         _log.warning(
             "Model 2 is built with a randomly initialised %s: its embeddings carry no ImageNet meaning, "
             "so this is not the report's Model 2.", backbone,
         )
-    backbone_model = _build_backbone(image_size, backbone, weights)
-    head_model = _build_head(image_size, width, head, temperature)
+    backbone_model = _build_backbone(image_size, backbone, weights, fusion)
+    head_model = _build_head(image_size, width, head, temperature, tuple(backbone_model.output.shape[1:]))
     l = _l_input(image_size)
     ab = head_model({"l": l, "embedding": backbone_model(l)})
     return Model2Parts(keras.Model(l, ab, name="model2"), backbone_model, head_model)
@@ -360,22 +397,22 @@ def build_model2_parts(
 
 def build_model2(
     image_size: int = 224, width: float = 1.0, backbone: str = "inception_resnet_v2", weights: str | None = None,
-    head: str = "regression", temperature: float = TEMPERATURE,
+    head: str = "regression", temperature: float = TEMPERATURE, fusion: str = "global",
 ) -> keras.Model:
     """Model 2 end to end: L in, ab/128 out, the backbone input derived in the graph."""
-    return build_model2_parts(image_size, width, backbone, weights, head, temperature).end_to_end
+    return build_model2_parts(image_size, width, backbone, weights, head, temperature, fusion).end_to_end
 
 
 def build_model(
     family: str, image_size: int, *, width: float = 1.0, backbone: str = "inception_resnet_v2",
-    weights: str | None = None, head: str = "regression", temperature: float = TEMPERATURE,
+    weights: str | None = None, head: str = "regression", temperature: float = TEMPERATURE, fusion: str = "global",
 ) -> keras.Model:
-    """One entry point for the trainer and tuner; `backbone` and `weights` only matter to model2, `temperature`
-    (the annealed mean's, saved in the model) only to the classification head."""
+    """One entry point for the trainer and tuner; `backbone`, `weights` and `fusion` only matter to model2,
+    `temperature` (the annealed mean's, saved in the model) only to the classification head."""
     _check_choice("model family", family, FAMILIES)
     if family == "model1":
         return build_model1(image_size, width, head, temperature)
-    return build_model2(image_size, width, backbone, weights, head, temperature)
+    return build_model2(image_size, width, backbone, weights, head, temperature, fusion)
 
 
 # ---------------------------------------------------------------- the classification head

@@ -248,15 +248,18 @@ def _report(model: str) -> PipelineConfig:
 
 
 def _colorful() -> PipelineConfig:
-    """Colourful, plausible colour on your photos in about half an hour on 2 CPU cores: Model 1 with the
-    class-rebalanced classification head on 64x64 crops, a 30-minute training budget, no tuning."""
+    """Colourful, plausible colour on your photos in about half an hour on 2 CPU cores: Model 2 with MobileNetV2's
+    feature maps fused (spatial fusion; the ImageNet weights come through Keras) and the class-rebalanced
+    classification head on 64x64 crops, a 30-minute training budget with the learning rate decaying to zero over
+    it, the last epoch kept, no tuning."""
     config = PipelineConfig()
     config.data.stored_size, config.data.min_side = 80, 64
     config.tune.enabled = False
     t = config.train
-    t.model, t.head, t.width, t.image_size, t.batch_size, t.learning_rate = (
-        "model1", "classification", 1.0, 64, 16, 1e-3)
-    t.epochs, t.steps_per_epoch, t.validation_steps, t.max_minutes, t.patience, t.seed = 10_000, 50, 4, 30.0, 10, 0
+    t.model, t.backbone, t.fusion, t.head, t.width, t.image_size, t.batch_size, t.learning_rate = (
+        "model2", "mobilenet_v2", "spatial", "classification", 1.0, 64, 16, 1e-3)
+    t.epochs, t.steps_per_epoch, t.validation_steps, t.max_minutes, t.patience, t.seed = 10_000, 50, 16, 30.0, 10_000, 0
+    t.lr_decay, t.keep = "budget", "last"
     return config
 
 

@@ -343,3 +343,36 @@ def test_mixed_precision_classification_model_trains_in_float32_logits(mixed_bfl
     assert keras.ops.convert_to_numpy(model(l)).dtype == np.float32
     target = np.random.default_rng(4).uniform(-0.5, 0.5, (2, 32, 32, 2)).astype(np.float32)
     assert np.isfinite(fitted.train_on_batch(l, target, return_dict=True)["loss"])
+
+
+def test_spatial_fusion_feeds_feature_maps_keeps_the_backbone_frozen_and_saves(tmp_path):
+    end_to_end, backbone, head = models.build_model2_parts(
+        64, width=0.25, backbone="mobilenet_v2", head="classification", fusion="spatial")
+    l = _l(64)
+    features = keras.ops.convert_to_numpy(backbone(l))
+    assert features.shape == (2, 8, 8, 576 + 1280)  # block_13_expand_relu and out_relu on the 8 x 8 bottleneck grid
+    assert features.std(axis=(1, 2)).max() > 0  # a map, not one vector repeated
+    frozen = [w.copy() for w in backbone.get_weights()]
+    assert models.trainable_parameters(end_to_end) == models.trainable_parameters(head)
+
+    fitted = models.compile_model(end_to_end, head="classification", learning_rate=1e-2,
+                                  prior=_uniform_prior())
+    before = keras.ops.convert_to_numpy(end_to_end(l))
+    fitted.train_on_batch(l, np.random.default_rng(1).uniform(-0.3, 0.3, (2, 64, 64, 2)).astype(np.float32))
+    after = keras.ops.convert_to_numpy(end_to_end(l))
+    assert np.abs(after - before).max() > 1e-4
+    for old, new in zip(frozen, backbone.get_weights()):
+        np.testing.assert_array_equal(old, new)
+
+    path = str(tmp_path / "spatial.keras")
+    end_to_end.save(path)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(keras.models.load_model(path)(l)), after, atol=1e-6)
+    with pytest.raises(ValueError, match="Unknown fusion 'local'"):
+        models.build_model2_parts(64, backbone="mobilenet_v2", fusion="local")
+
+
+def _uniform_prior():
+    from components import colorbins
+
+    centres = colorbins.in_gamut_centres()
+    return colorbins.ColorPrior(centres, np.full(len(centres), 1.0 / len(centres)), np.ones(len(centres)))

@@ -186,9 +186,12 @@ def test_hparams_overrides_pin_only_what_is_set():
 
 def test_the_colorful_preset_trains_the_classification_head_for_a_time_budget():
     config, _, _ = cfg.parse_args(["--preset", "colorful", "--data_dir", "mine=/photos"])
-    assert (config.train.head, config.train.model, config.train.image_size) == ("classification", "model1", 64)
-    assert config.train.max_minutes == 30 and not config.tune.enabled
-    assert config.train.hparams_overrides()["head"] == "classification"
+    t = config.train
+    assert (t.head, t.model, t.backbone, t.fusion, t.image_size) == (
+        "classification", "model2", "mobilenet_v2", "spatial", 64)
+    assert (t.max_minutes, t.lr_decay, t.keep) == (30, "budget", "last") and not config.tune.enabled
+    assert t.hparams_overrides() | {"fusion": "spatial", "head": "classification"} == t.hparams_overrides()
+    t.validate("train.")
     with pytest.raises(ConfigError) as e:
         cfg.parse_args(["--set", "train.head=mixture"])
     assert "train.head must be one of regression, classification" in str(e.value)

@@ -258,6 +258,9 @@ def test_user_mistakes_get_one_sentence_and_exit_2(examples, tmp_path, capsys):
     assert trainer.main(["--examples", examples, "--model", "model2", "--embeddings", *base]) == 2
     err = capsys.readouterr().err
     assert "run the embedding precompute step" in err and len(err.strip().splitlines()) == 1
+    assert trainer.main(["--examples", examples, "--model", "model2", "--fusion", "spatial", "--embeddings", *base]) == 2
+    err = capsys.readouterr().err
+    assert "spatial fusion does not use" in err and len(err.strip().splitlines()) == 1
     with pytest.raises(SystemExit) as exit_info:
         trainer.main(["--examples", examples, "--model", "model3", *base])
     assert exit_info.value.code == 2
@@ -442,3 +445,47 @@ def test_model2_classification_head_trains_on_embeddings(
     assert [i.name for i in model.inputs] == ["l"] and models.head_of(model) == "classification"
     assert models._annealed_mean_layer(model).temperature == pytest.approx(0.2)
     assert model.predict(np.zeros((1, SIZE, SIZE, 1), np.float32), verbose=0).shape == (1, SIZE, SIZE, 2)
+
+
+@pytest.mark.parametrize("keep, kept_loss", [("best", 1.0), ("last", 3.0)])
+def test_kept_checkpoint_holds_the_best_or_the_last_epoch(tmp_path, keep, kept_loss):
+    from components.trainer.callbacks import _KeptCheckpoint
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False)])
+    path = str(tmp_path / "kept.keras")
+    callback = _KeptCheckpoint(path, model, keep)
+    callback.set_model(model)
+    for epoch, val_loss in enumerate((1.0, 2.0, 3.0)):  # validation worsens: "best" keeps epoch 1's weights
+        model.set_weights([np.full((1, 1), val_loss, np.float32)])
+        callback.on_epoch_end(epoch, {"val_loss": val_loss})
+    assert keras.models.load_model(path).get_weights()[0][0, 0] == kept_loss
+
+
+def test_keep_last_exports_the_final_epoch(examples, tmp_path):
+    out = tmp_path / "run"
+    result = trainer.train(_config(examples, out, _hparams_file(tmp_path), epochs=3, patience=100, keep="last"))
+    assert result.summary["keep"] == "last" and result.summary["kept_epoch"] == result.epochs_run == 3
+    with pytest.raises(trainer.TrainError, match="keep must be one of"):
+        trainer.TrainConfig("unused", "unused", keep="first").validate()
+
+
+def test_budget_decay_lowers_the_learning_rate_linearly_over_the_time_budget(monkeypatch):
+    from components.trainer import callbacks
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=0.01), loss="mse")
+    clock = [100.0]
+    monkeypatch.setattr(callbacks.time, "monotonic", lambda: clock[0])
+    budget = callbacks._TimeBudget(minutes=10.0, decay=True)
+    budget.set_model(model)
+    budget.on_train_begin()
+    rates = []
+    for epoch, seconds in enumerate((0.0, 150.0, 300.0, 599.0, 700.0)):
+        clock[0] = 100.0 + seconds
+        budget.on_epoch_begin(epoch)
+        rates.append(float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)))
+        budget.on_epoch_end(epoch)
+    np.testing.assert_allclose(rates, [0.01, 0.0075, 0.005, 0.01 / 600, 0.0], rtol=1e-5, atol=1e-9)
+    assert budget.stopped_after == 4 and model.stop_training
+    with pytest.raises(trainer.TrainError, match="set --max_minutes too"):
+        trainer.TrainConfig("unused", "unused", lr_decay="budget").validate()

@@ -270,3 +270,20 @@ def test_classification_trials_report_the_decoded_val_mae_and_the_trainer_builds
     assert resolved == hparams.load(result.best_hparams_path) and resolved["head"] == "classification"
     model = models.build_model(resolved["family"], 32, width=resolved["width"], head=resolved["head"])
     assert models.head_of(model) == "classification"
+
+
+def test_model2_trials_search_the_fusion_and_model1_trials_do_not():
+    import keras_tuner as kt
+
+    from components import hparams
+
+    hp = kt.HyperParameters()
+    assert hparams.define_search_space(hp, {"family": "model1"})["fusion"] == "global"
+    assert not hp.is_active("fusion")
+    hp = kt.HyperParameters()
+    assert hparams.define_search_space(hp, {"family": "model2", "fusion": "spatial"})["fusion"] == "spatial"
+    hp = kt.HyperParameters()
+    hparams.define_search_space(hp, {"family": "model2"})
+    assert hp.is_active("fusion") and hp.get("fusion") in hparams.FUSIONS
+    with pytest.raises(hparams.HparamsError, match="fusion must be one of"):
+        hparams.validate({"fusion": "local"})

@@ -29,7 +29,7 @@ write to temporary dirs:
         python -m components.trainer --examples gs://bucket/ingest --output_dir gs://bucket/train
     # on host2: the same with "index": 1
 
-Writes under --output_dir: model.keras (the best epoch's weights, float32),
+Writes under --output_dir: model.keras (the kept epoch's weights, float32; --keep best or last),
 checkpoints/best.keras, backup/ (resume state, removed when training ends),
 logs/training_log.csv, logs/tensorboard/ (scalars, and each epoch an image of
 gray | predicted | truth for a fixed eval batch), train_summary.json.

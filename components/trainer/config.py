@@ -16,6 +16,8 @@ from schemas.artifacts import MODEL_FILE, TRAIN_SUMMARY_FILE  # noqa: F401 - MOD
 SUMMARY_FILE = TRAIN_SUMMARY_FILE
 """train_summary.json: the run's facts, next to MODEL_FILE (schemas.artifacts names it)."""
 
+KEEPS = ("best", "last")
+LR_DECAYS = ("none", "budget")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 DISTRIBUTIONS = ("auto", "none", "mirrored", "multi_worker")
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -32,7 +34,8 @@ EVAL_IMAGES = 4
 RANDOM_BACKBONE_WARNING = "training Model 2 with a randomly initialised backbone: this is not the report's Model 2"
 
 _HPARAMS_NAMES = {"model": "family", "width": "width", "loss": "loss", "learning_rate": "learning_rate",
-                  "batch_size": "batch_size", "head": "head"}
+                  "batch_size": "batch_size", "head": "head", "backbone": "backbone",
+                  "fusion": "fusion"}
 """TrainConfig field -> the hyperparameter it pins (components.hparams' names)."""
 
 
@@ -72,12 +75,29 @@ class TrainConfig:
         None, "output head: regression (tanh ab, the report's) or classification (ab bins with the class-rebalanced "
         "cross-entropy, needs --prior); overrides the hyperparameters file", choices=hparams_lib.HEADS,
     )
+    backbone: Optional[str] = setting(
+        None, "model2's frozen ImageNet classifier; overrides the hyperparameters file", choices=hparams_lib.BACKBONES
+    )
+    fusion: Optional[str] = setting(
+        None, "what model2 fuses: global (the classifier's 1000 class probabilities, the report's) or spatial (two "
+        "of its feature maps, resized to the bottleneck); overrides the hyperparameters file",
+        choices=hparams_lib.FUSIONS,
+    )
     temperature: float = setting(
         0.38, "annealed-mean temperature of the classification head, baked into the saved model: lower is more vivid "
         "but blotchier, 1 is the plain mean (desaturated)"
     )
     max_minutes: Optional[float] = setting(
-        None, "stop training after this many minutes (a time budget); the best epoch so far is kept"
+        None, "stop training after this many minutes (a time budget); --keep says which epoch is kept"
+    )
+    lr_decay: str = setting(
+        "none", "learning-rate schedule: none (constant) or budget (linear decay to zero over --max_minutes, "
+        "budgeted training: the model stops where the rate has settled it, not mid-swing)", choices=LR_DECAYS,
+    )
+    keep: str = setting(
+        "best", "which epoch model.keras holds: best (lowest val_loss) or last (the final one: for time-budgeted "
+        "classification runs, whose validation cross-entropy flattens epochs before the colour stops improving)",
+        choices=KEEPS,
     )
     precision: str = setting(
         "auto", "auto: mixed_float16 on GPU, mixed_bfloat16 on CPUs with native bf16, else float32",
@@ -129,6 +149,9 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise TrainError(f"{prefix}{name} must be positive, got {value}.")
+        if self.lr_decay == "budget" and self.max_minutes is None:
+            raise TrainError(f"{prefix}lr_decay budget decays the learning rate over the time budget; set "
+                             f"{prefix}max_minutes too.")
         if not str(self.backbone_weights or "").strip():
             raise TrainError(
                 f"{prefix}backbone_weights is empty; use imagenet, a .h5 path, or none for a random backbone."

@@ -24,7 +24,7 @@ from components import colorbins
 from components import hparams as hparams_lib
 from components import loader, models
 from components.trainer.callbacks import (
-    _BestCheckpoint, _EvalImages, _NaNStop, _ResumableEarlyStopping, _Throughput, _TimeBudget,
+    _EvalImages, _KeptCheckpoint, _NaNStop, _ResumableEarlyStopping, _Throughput, _TimeBudget,
 )
 from components.trainer.config import (
     BACKUP_DIR, BEST_CHECKPOINT, CSV_LOG, EVAL_IMAGES, IMAGES_RUN, MODEL_FILE, RANDOM_BACKBONE_WARNING, SUMMARY_FILE,
@@ -108,11 +108,12 @@ def _build(config: TrainConfig, hp: dict[str, Any], weights: str | None) -> tupl
         if hp["family"] == "model1" or not config.embeddings:
             model = models.build_model(
                 hp["family"], config.image_size, width=hp["width"], backbone=hp["backbone"], weights=weights,
-                head=hp["head"], temperature=config.temperature,
+                head=hp["head"], temperature=config.temperature, fusion=hp["fusion"],
             )
             return model, model
         parts = models.build_model2_parts(
-            config.image_size, hp["width"], hp["backbone"], weights, head=hp["head"], temperature=config.temperature
+            config.image_size, hp["width"], hp["backbone"], weights, head=hp["head"], temperature=config.temperature,
+            fusion=hp["fusion"],
         )
         return parts.head, parts.end_to_end
     except models.MissingWeightsError:
@@ -170,7 +171,7 @@ def _export(
     with _global_policy("float32"):
         model = models.build_model(
             hp["family"], config.image_size, width=hp["width"], backbone=hp["backbone"], weights=weights,
-            head=hp["head"], temperature=config.temperature,
+            head=hp["head"], temperature=config.temperature, fusion=hp["fusion"],
         )
         if tf.io.gfile.exists(checkpoint):
             model.load_weights(checkpoint)
@@ -196,6 +197,9 @@ def train(config: TrainConfig) -> TrainResult:
     prior = _prior(config, hp)
     if config.embeddings and hp["family"] != "model2":
         raise TrainError("--embeddings trains Model 2's head on precomputed embeddings; add --model model2.")
+    if config.embeddings and hp["fusion"] != "global":
+        raise TrainError("--embeddings holds the records' global class probabilities, which spatial fusion does not "
+                         "use; leave out --embeddings or train with --fusion global.")
     if config.embeddings:
         _check_embeddings(config.examples)
     policy, policy_reason = choose_precision(config.precision)
@@ -229,9 +233,12 @@ def train(config: TrainConfig) -> TrainResult:
     weights = _backbone_weights(config, hp)
 
     head = "regression head" if hp["head"] == "regression" else f"classification head (T={config.temperature:g})"
-    print(f"trainer: {hp['family']} width {hp['width']:g}, {head}, global batch {global_batch}, precision {policy} "
-          f"({policy_reason}), {_strategy_name(strategy)} strategy with {replicas} replica(s); "
-          f"writing to {config.output_dir}", flush=True)
+    family = f"{hp['family']} ({hp['backbone']}, {hp['fusion']} fusion)" if hp["family"] == "model2" else hp["family"]
+    budget_note = "" if config.max_minutes is None else f", a {config.max_minutes:g}-minute budget" + (
+        " with the learning rate decaying to 0" if config.lr_decay == "budget" else "")
+    print(f"trainer: {family} width {hp['width']:g}, {head}, global batch {global_batch}{budget_note}, keeping the "
+          f"{config.keep} epoch, precision {policy} ({policy_reason}), {_strategy_name(strategy)} strategy with "
+          f"{replicas} replica(s); writing to {config.output_dir}", flush=True)
     if initial_epoch:
         print(f"trainer: resuming from epoch {initial_epoch + 1} (backup in {out.backup})", flush=True)
 
@@ -244,13 +251,15 @@ def train(config: TrainConfig) -> TrainResult:
             if multi_worker:
                 _work_around_keras_multi_worker_bugs(fitted, train_ds)
             nan_stop, throughput = _NaNStop(), _Throughput(global_batch)
-            budget = None if config.max_minutes is None else _TimeBudget(config.max_minutes, strategy)
+            budget = None if config.max_minutes is None else _TimeBudget(
+                config.max_minutes, strategy, decay=config.lr_decay == "budget")
             callbacks = [
                 nan_stop,
                 throughput,
-                _BestCheckpoint(mine.checkpoint, end_to_end, initial_value_threshold=resume_best),
+                _KeptCheckpoint(mine.checkpoint, end_to_end, config.keep, initial_value_threshold=resume_best),
                 _ResumableEarlyStopping(
-                    monitor="val_loss", patience=config.patience, restore_best_weights=True, resume_best=resume_best,
+                    monitor="val_loss", patience=config.patience, restore_best_weights=config.keep == "best",
+                    resume_best=resume_best,
                     resume_wait=0 if resume_best is None else initial_epoch - 1 - resume_best_epoch,
                 ),
                 keras.callbacks.TensorBoard(mine.tensorboard, write_graph=False, update_freq="epoch"),
@@ -276,7 +285,7 @@ def train(config: TrainConfig) -> TrainResult:
             )
         if budget is not None and budget.stopped_after is not None:
             print(f"trainer: stopped after epoch {budget.stopped_after + 1}: the time budget of {config.max_minutes:g} "
-                  "minutes is spent (model.keras is the best epoch so far)", flush=True)
+                  f"minutes is spent (model.keras is the {config.keep} epoch so far)", flush=True)
 
         rows = _read_log(mine.csv)
         best_val_loss, best_epoch = _best(rows)
@@ -298,6 +307,9 @@ def train(config: TrainConfig) -> TrainResult:
             "resumed_from_epoch": initial_epoch,
             "best_val_loss": best_val_loss,
             "best_epoch": None if best_epoch is None else best_epoch + 1,
+            "keep": config.keep,
+            "lr_decay": config.lr_decay,
+            "kept_epoch": epochs_run if config.keep == "last" else (None if best_epoch is None else best_epoch + 1),
             "trainable_parameters": models.trainable_parameters(end_to_end),
             "examples_per_second": throughput.examples_per_second(),
             "backbone_weights": config.backbone_weights if weights is not None else None,
@@ -311,7 +323,8 @@ def train(config: TrainConfig) -> TrainResult:
             _export(config, hp, weights, out.checkpoint, end_to_end, out.model)
             with tf.io.gfile.GFile(out.summary, "w") as f:
                 json.dump(summary, f, indent=1, sort_keys=True)
-            print(f"trainer: wrote {out.model} (best val_loss {best_val_loss} at epoch {summary['best_epoch']}), "
+            print(f"trainer: wrote {out.model} (epoch {summary['kept_epoch']}, the {config.keep}; best val_loss "
+                  f"{best_val_loss} at epoch {summary['best_epoch']}), "
                   f"{out.checkpoint}, {out.csv}, {out.summary}; tensorboard --logdir {out.tensorboard}", flush=True)
     finally:
         if scratch:

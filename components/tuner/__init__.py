@@ -1,8 +1,8 @@
 """tuner: keras-tuner search over the autoencoder variants; the best hyperparameters go to JSON.
 
 Each trial builds one model from hparams.SEARCH_SPACE (family, width,
-Model 2's backbone, head, the regression head's loss, learning rate, batch
-size), streams the train and eval splits with the sampled batch size and
+Model 2's backbone and fusion, head, the regression head's loss, learning
+rate, batch size), streams the train and eval splits with the sampled batch size and
 reports the objective (default val_mae: val_loss would favour Huber trials,
 whose loss is on a smaller scale than MSE's, and cannot compare the heads).
 The winner is written with hparams.save, so the trainer reads it with

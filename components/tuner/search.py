@@ -129,6 +129,7 @@ class ColorizationHyperModel(kt.HyperModel):
             backbone=values["backbone"],
             weights=self.weights.get(values["backbone"]) if values["family"] == "model2" else None,
             head=values["head"],
+            fusion=values["fusion"],
         )
         return models.compile_model(
             model, learning_rate=values["learning_rate"], loss=values["loss"], head=values["head"], prior=self.prior
