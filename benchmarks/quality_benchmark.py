@@ -12,10 +12,12 @@ historical photos colorized at their own resolution (no truth).
     python -m benchmarks.quality_benchmark --data_dir lfw=../real/lfw --minutes 10 \\
         --configs model1:regression model1:classification --output_dir bench_out/quality_lfw
 
-A configuration is FAMILY:HEAD (model1 or model2; regression or
-classification); Model 2 uses the MobileNetV2 backbone with the weights
-given. Every configuration trains with the same seed, crop size, batch size
-and learning rate; EarlyStopping is off (the budget decides). The last line
+A configuration is FAMILY:HEAD[:FUSION] (model1 or model2; regression or
+classification; for model2 global, the report's, or spatial); Model 2 uses
+the MobileNetV2 backbone with the weights given. Every configuration trains with the same seed, crop size, batch size
+and learning rate; EarlyStopping is off (the budget decides), the learning
+rate decays linearly to zero over the budget and each keeps its last epoch
+(--lr_decay none, --keep best: a constant rate, the lowest validation loss). The last line
 is the headline: the best configuration's colourfulness against the truth's
 and its PSNR against gray's.
 """
@@ -34,7 +36,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks.measure import machine_info, print_table  # noqa: E402
 
-DEFAULT_CONFIGS = ("model1:regression", "model1:classification", "model2:regression", "model2:classification")
+DEFAULT_CONFIGS = ("model1:regression", "model1:classification", "model2:regression", "model2:classification",
+                   "model2:classification:spatial")
 TILE = 160  # side of one picture cell
 TEST_IMAGES, HISTORICAL_IMAGES = 8, 4
 
@@ -46,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--historical_dir", help="black-and-white photos for the picture's last rows")
     p.add_argument("--backbone_weights", default="imagenet",
                    help="Model 2's MobileNetV2 weights: a .h5 path, imagenet (the Keras cache) or none")
-    p.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS), metavar="FAMILY:HEAD")
+    p.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS), metavar="FAMILY:HEAD[:FUSION]")
     p.add_argument("--minutes", type=float, default=10.0, help="training budget per configuration (default 10)")
     p.add_argument("--image_size", type=int, default=64, help="training crop side (default 64)")
     p.add_argument("--stored_size", type=int, default=80, help="stored side of the records (default 80)")
@@ -55,7 +58,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--learning_rate", type=float, default=1e-3)
     p.add_argument("--steps_per_epoch", type=int, default=50)
+    p.add_argument("--validation_steps", type=int, default=16, help="eval batches per epoch (default 16)")
     p.add_argument("--temperature", type=float, default=0.38, help="annealed-mean temperature (default 0.38)")
+    p.add_argument("--rebalance_lambda", type=float, default=0.5,
+                   help="the prior's lambda: 1 is no rebalancing, lower pushes rarer colours (default 0.5)")
+    p.add_argument("--lr_decay", choices=("none", "budget"), default="budget",
+                   help="learning-rate schedule: budget (default: linear decay to zero over --minutes) or none")
+    p.add_argument("--keep", choices=("best", "last"), default="last",
+                   help="the epoch each configuration keeps: last (default: the budget decides) or best val_loss")
     p.add_argument("--output_dir", default="bench_out/quality")
     p.add_argument("--reuse", action="store_true",
                    help="reuse an ingest and trained models already in --output_dir (re-evaluate, redraw)")
@@ -78,11 +88,24 @@ def _ingest(args, out: str) -> tuple[str, str]:
         print(eg.format_summary(stats, examples), flush=True)
     prior = os.path.join(stats_dir, PRIOR_FILE)
     if not (args.reuse and os.path.exists(prior)):
-        statistics.write_prior(statistics.StatisticsConfig(examples=examples, output_dir=stats_dir))
+        statistics.write_prior(statistics.StatisticsConfig(examples=examples, output_dir=stats_dir,
+                                                           rebalance_lambda=args.rebalance_lambda))
     return examples, prior
 
 
-def _train(args, name: str, family: str, head: str, examples: str, prior: str, out: str) -> dict:
+def _parse_config(name: str) -> tuple[str, str, str] | None:
+    """FAMILY:HEAD[:FUSION] -> (family, head, fusion), None when it is not one."""
+    from components.hparams import FAMILIES, FUSIONS, HEADS
+
+    family, head, fusion = (name.split(":") + ["global"])[:3] if name.count(":") in (1, 2) else ("", "", "")
+    if family not in FAMILIES or head not in HEADS or fusion not in FUSIONS:
+        return None
+    if family == "model1" and fusion != "global":
+        return None
+    return family, head, fusion
+
+
+def _train(args, name: str, examples: str, prior: str, out: str) -> dict:
     from components import hparams, trainer
 
     train_dir = os.path.join(out, "train", name.replace(":", "_"))
@@ -91,12 +114,15 @@ def _train(args, name: str, family: str, head: str, examples: str, prior: str, o
     if not (args.reuse and os.path.exists(summary_path)):
         hp_path = os.path.join(out, "hparams", name.replace(":", "_") + ".json")
         os.makedirs(os.path.dirname(hp_path), exist_ok=True)
+        family, head, fusion = _parse_config(name)
         hparams.save({"family": family, "width": args.width, "backbone": "mobilenet_v2", "loss": "mse",
-                      "learning_rate": args.learning_rate, "batch_size": args.batch_size, "head": head}, hp_path)
+                      "learning_rate": args.learning_rate, "batch_size": args.batch_size, "head": head,
+                      "fusion": fusion}, hp_path)
         config = trainer.TrainConfig(
             examples=examples, output_dir=train_dir, hparams=hp_path, prior=prior, image_size=args.image_size,
-            epochs=100_000, steps_per_epoch=args.steps_per_epoch, validation_steps=4, patience=100_000,
-            max_minutes=args.minutes, temperature=args.temperature, backbone_weights=args.backbone_weights,
+            epochs=100_000, steps_per_epoch=args.steps_per_epoch, validation_steps=args.validation_steps,
+            patience=100_000, max_minutes=args.minutes, lr_decay=args.lr_decay, keep=args.keep, temperature=args.temperature,
+            backbone_weights=args.backbone_weights,
             seed=0, verbose=0)
         started = time.monotonic()
         trainer.train(config)
@@ -183,18 +209,16 @@ def _fmt(value, digits: int = 2) -> str:
 def run(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     for name in args.configs:
-        family, _, head = name.partition(":")
-        if family not in ("model1", "model2") or head not in ("regression", "classification"):
-            print(f"quality_benchmark: configuration {name!r} is not FAMILY:HEAD, e.g. model1:classification.",
-                  file=sys.stderr)
+        if _parse_config(name) is None:
+            print(f"quality_benchmark: configuration {name!r} is not FAMILY:HEAD[:FUSION], e.g. model1:classification "
+                  "or model2:classification:spatial.", file=sys.stderr)
             return 2
     out = args.output_dir
     os.makedirs(out, exist_ok=True)
     examples, prior = _ingest(args, out)
     results = {}
     for name in args.configs:
-        family, _, head = name.partition(":")
-        trained = _train(args, name, family, head, examples, prior, out)
+        trained = _train(args, name, examples, prior, out)
         results[name] = {**trained, **_evaluate(name, trained["model"], examples, prior, out)}
     picture = _picture(args, list(args.configs), {n: r["model"] for n, r in results.items()}, examples,
                        os.path.join(out, "quality.png"))
