@@ -14,12 +14,13 @@ historical photos colorized at their own resolution (no truth).
 
 A configuration is FAMILY:HEAD[:FUSION] (model1 or model2; regression or
 classification; for model2 global, the report's, or spatial); Model 2 uses
-the MobileNetV2 backbone with the weights given. Every configuration trains with the same seed, crop size, batch size
-and learning rate; EarlyStopping is off (the budget decides), the learning
-rate decays linearly to zero over the budget and each keeps its last epoch
-(--lr_decay none, --keep best: a constant rate, the lowest validation loss). The last line
-is the headline: the best configuration's colourfulness against the truth's
-and its PSNR against gray's.
+the MobileNetV2 backbone with the weights given. Every configuration trains
+with the same seed, crop size, batch size and learning rate; EarlyStopping
+is off (the budget decides), the learning rate decays linearly to zero over
+the budget and each keeps its last epoch (--lr_decay none, --keep best: a
+constant rate, the lowest validation loss). The last line is the headline:
+the best configuration's colourfulness against the truth's and its PSNR
+against gray's.
 """
 
 from __future__ import annotations
@@ -97,12 +98,12 @@ def _parse_config(name: str) -> tuple[str, str, str] | None:
     """FAMILY:HEAD[:FUSION] -> (family, head, fusion), None when it is not one."""
     from components.hparams import FAMILIES, FUSIONS, HEADS
 
-    family, head, fusion = (name.split(":") + ["global"])[:3] if name.count(":") in (1, 2) else ("", "", "")
-    if family not in FAMILIES or head not in HEADS or fusion not in FUSIONS:
+    parts = name.split(":")
+    if len(parts) not in (2, 3):
         return None
-    if family == "model1" and fusion != "global":
-        return None
-    return family, head, fusion
+    family, head, fusion = (parts + ["global"])[:3]
+    valid = family in FAMILIES and head in HEADS and fusion in FUSIONS and (family == "model2" or fusion == "global")
+    return (family, head, fusion) if valid else None
 
 
 def _train(args, name: str, examples: str, prior: str, out: str) -> dict:
@@ -121,9 +122,8 @@ def _train(args, name: str, examples: str, prior: str, out: str) -> dict:
         config = trainer.TrainConfig(
             examples=examples, output_dir=train_dir, hparams=hp_path, prior=prior, image_size=args.image_size,
             epochs=100_000, steps_per_epoch=args.steps_per_epoch, validation_steps=args.validation_steps,
-            patience=100_000, max_minutes=args.minutes, lr_decay=args.lr_decay, keep=args.keep, temperature=args.temperature,
-            backbone_weights=args.backbone_weights,
-            seed=0, verbose=0)
+            patience=100_000, max_minutes=args.minutes, lr_decay=args.lr_decay, keep=args.keep,
+            temperature=args.temperature, backbone_weights=args.backbone_weights, seed=0, verbose=0)
         started = time.monotonic()
         trainer.train(config)
         print(f"{name}: trained for {(time.monotonic() - started) / 60:.1f} min", flush=True)

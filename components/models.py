@@ -303,10 +303,6 @@ def _frozen_classifier(backbone: str, weights: str | None) -> keras.Model:
     return net
 
 
-def _check_fusion(fusion: str) -> None:
-    _check_choice("fusion", fusion, FUSIONS)
-
-
 def _build_backbone(image_size: int, backbone: str, weights: str | None, fusion: str = "global") -> keras.Model:
     """L [S, S, 1] -> what Model 2 fuses, from the frozen classifier, preprocessed in the graph.
 
@@ -327,7 +323,6 @@ def _build_backbone(image_size: int, backbone: str, weights: str | None, fusion:
         classifier.inputs, [classifier.get_layer(name).output for name in spec.spatial_layers],
         name=f"{backbone}_features",
     )
-    features.trainable = False
     cells = int(image_size) // 8
     maps = [
         keras.layers.Resizing(cells, cells, name=f"backbone_features{i}_resize")(feature_map)
@@ -382,7 +377,7 @@ def build_model2_parts(
     _check_size_and_width(image_size, width)
     _check_choice("backbone", backbone, BACKBONES)
     _check_head(head, temperature)
-    _check_fusion(fusion)
+    _check_choice("fusion", fusion, FUSIONS)
     if is_random(weights):
         _log.warning(
             "Model 2 is built with a randomly initialised %s: its embeddings carry no ImageNet meaning, "
