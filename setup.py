@@ -34,6 +34,7 @@ setup(
         "pyyaml>=6",
         "grpcio>=1.60",  # serving's gRPC server and client
         "requests>=2.31",  # serving's REST client
+        "matplotlib>=3.9",  # the run report's charts (Agg backend, no display)
     ],
     extras_require={
         # kfp: the Kubeflow compile is tested (compiling only)

@@ -466,6 +466,9 @@ class RunFlags:
     preset: str
     config_file: Optional[str]
     no_cache: bool
+    overrides: Tuple[str, ...] = ()
+    """The --set KEY=VALUE assignments, in order."""
+    data_dirs: Tuple[str, ...] = ()
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -513,7 +516,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Tuple[PipelineConfig, list,
     """(validated config, Beam args passed through, run flags); ConfigError for a config mistake."""
     args, beam_args = build_parser().parse_known_args(argv)
     config = config_from_args(args)
-    return config, list(beam_args), RunFlags(args.preset, args.config_file, args.no_cache)
+    return config, list(beam_args), RunFlags(args.preset, args.config_file, args.no_cache, tuple(args.overrides),
+                                             tuple(args.data_dirs))
 
 
 def settings_values(config: PipelineConfig) -> dict[str, Any]:

@@ -214,6 +214,7 @@ def run_pipeline(
     no_cache: bool = False,
     beam_args: Sequence[str] = (),
     run_id: Optional[str] = None,
+    invocation: Optional[Mapping[str, Any]] = None,
     log: Callable[[str], None] = _print,
 ) -> mf.Manifest:
     """Run `stages` in order; returns the manifest (status succeeded, or failed with failed_stage and error).
@@ -224,12 +225,14 @@ def run_pipeline(
     tuner resume from it) except under no_cache, which empties it first and
     runs every stage. An exception from a stage stops the run and is recorded; an
     interrupt (KeyboardInterrupt, SystemExit) is recorded and re-raised.
+    invocation (the command line, preset, overrides) goes into the manifest as it is.
     """
     check_stages(stages)
     output_dir = output_dir.rstrip("/") or output_dir
     manifest = mf.Manifest(
         run_id=run_id or mf.new_run_id(), output_dir=output_dir, config=_config_dict(config),
-        beam_args=list(beam_args), no_cache=no_cache, stages={s.name: mf.StageRecord(s.name) for s in stages},
+        beam_args=list(beam_args), no_cache=no_cache, invocation=dict(invocation or {}),
+        stages={s.name: mf.StageRecord(s.name) for s in stages},
     )
     manifest.save()
     mf.set_latest(output_dir, manifest.run_id)

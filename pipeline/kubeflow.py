@@ -44,26 +44,41 @@ class KubeflowError(Exception):
 
 
 def step_argv(stage: executor.Stage, config: Any, run_dir: str, pipeline_root: str, present: Sequence[str],
-              beam_args: Sequence[str]) -> list[str]:
-    """The command line of `stage`'s step: its adapter, the settings, its upstream dirs and its own dir."""
+              beam_args: Sequence[str], report_html: Optional[str] = None) -> list[str]:
+    """The command line of `stage`'s step: its adapter, the settings, its upstream dirs and its own dir; with
+    report_html (the last step), the run report of every stage under run_dir is written there too."""
     argv = ["python", "-m", "pipeline.stage", stage.name,
             "--config_json", json.dumps(config_lib.settings_values(config), sort_keys=True, separators=(",", ":")),
             "--set", f"output_dir={pipeline_root}",
             *[arg for name in stage.upstream if name in present for arg in ("--input", f"{name}={run_dir}/{name}")],
             "--output_dir", f"{run_dir}/{stage.name}"]
+    if report_html is not None:
+        argv += ["--run_dir", run_dir, "--report_html", report_html]
     return argv + (list(beam_args) if stage.beam else [])
 
 
-def _component(stage: executor.Stage, config: Any, present: Sequence[str], image: str, beam_args: Sequence[str]):
-    """A KFP container component running `stage`'s adapter, its paths under the pipeline_root parameter."""
+def _component(stage: executor.Stage, config: Any, present: Sequence[str], image: str, beam_args: Sequence[str],
+               report: bool = False):
+    """A KFP container component running `stage`'s adapter, its paths under the pipeline_root parameter; with
+    report, it also has the run report as an HTML output artifact, which the Kubeflow UI shows."""
     from kfp import dsl
 
-    def step(pipeline_root: str, run_id: str):
-        # the placeholders render as KFP's {{$.inputs.parameters[...]}}
-        argv = step_argv(stage, config, f"{pipeline_root}/runs/{run_id}", pipeline_root, present, beam_args)
+    def spec(pipeline_root: str, run_id: str, report_html: Optional[str]) -> Any:
+        # the placeholders render as KFP's {{$.inputs.parameters[...]}} and {{$.outputs.artifacts[...].path}}
+        argv = step_argv(stage, config, f"{pipeline_root}/runs/{run_id}", pipeline_root, present, beam_args,
+                         report_html=report_html)
         return dsl.ContainerSpec(image=image, command=argv[:3], args=argv[3:])
 
-    step.__annotations__ = {"pipeline_root": str, "run_id": str}  # kfp reads real types, not postponed strings
+    if report:
+        def step(pipeline_root: str, run_id: str, report: Any):
+            return spec(pipeline_root, run_id, report.path)
+
+        step.__annotations__ = {"pipeline_root": str, "run_id": str, "report": dsl.Output[dsl.HTML]}
+    else:
+        def step(pipeline_root: str, run_id: str):
+            return spec(pipeline_root, run_id, None)
+
+        step.__annotations__ = {"pipeline_root": str, "run_id": str}  # kfp reads real types, not postponed strings
     step.__name__ = stage.name
     step.__qualname__ = stage.name
     step.__doc__ = f"The {stage.name} stage of the colorization pipeline, run through pipeline.stage."
@@ -77,7 +92,7 @@ def build_pipeline(config: Any, *, image: str = DEFAULT_IMAGE, pipeline_root: st
 
     stages = [s for s in dag.build_stages(config) if not s.skip]
     present = [s.name for s in stages]
-    components = {s.name: _component(s, config, present, image, beam_args) for s in stages}
+    components = {s.name: _component(s, config, present, image, beam_args, report=s is stages[-1]) for s in stages}
     mount_path = pipeline_root
 
     def colorization(pipeline_root: str = pipeline_root):

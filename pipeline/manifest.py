@@ -3,6 +3,7 @@
 Layout under --output_dir (local or gs://):
 
     runs/<run_id>/manifest.json        one per run; rewritten atomically after every stage change
+    runs/<run_id>/report.html          the run report a person opens first (pipeline/report.py)
     runs/<run_id>/<stage>.traceback.txt  only for a stage that failed with an unexpected exception
     runs/latest                        symlink to the latest run dir (or a one-line file holding its id)
     stages/<stage>/<fingerprint16>/    a stage's outputs, addressed by its execution fingerprint
@@ -32,6 +33,7 @@ import secrets
 from typing import Any, Iterable, Optional
 
 MANIFEST_FILE = "manifest.json"
+REPORT_FILE = "report.html"
 RUNS_DIR = "runs"
 STAGES_DIR = "stages"
 CACHE_DIR = "cache"
@@ -86,6 +88,23 @@ def read_text(path: str) -> str:
             return f.read()
     with open(path, encoding="utf-8") as f:
         return f.read()
+
+
+def read_bytes(path: str) -> bytes:
+    if _remote(path):
+        with _gfile().GFile(path, "rb") as f:
+            return f.read()
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def glob(pattern: str) -> list[str]:
+    """The paths matching a shell pattern, local or gs://, sorted."""
+    if _remote(pattern):
+        return sorted(_gfile().glob(pattern))
+    import glob as _glob
+
+    return sorted(_glob.glob(pattern))
 
 
 def write_text_atomic(path: str, text: str) -> None:
@@ -405,6 +424,8 @@ class Manifest:
     config: dict
     beam_args: list
     no_cache: bool = False
+    invocation: dict = dataclasses.field(default_factory=dict)
+    """How the run was asked for: the command line's arguments, the preset, the config file and the overrides."""
     status: str = "running"
     started: str = dataclasses.field(default_factory=utc_now)
     ended: Optional[str] = None

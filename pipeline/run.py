@@ -6,8 +6,9 @@
     python -m pipeline.run --no-cache                      # run every stage again
 
 Stages: synthetic (only without --data_dir) -> ingest -> validate -> tune ->
-train -> evaluate -> push. Each run writes OUT/runs/<run_id>/manifest.json
-(OUT/runs/latest names the newest); a stage whose inputs, config and code are
+train -> evaluate -> push. Each run writes OUT/runs/<run_id>/manifest.json and
+OUT/runs/<run_id>/report.html, the page to open first (pipeline/report.py;
+OUT/runs/latest names the newest run); a stage whose inputs, config and code are
 unchanged since a successful execution comes from the cache, so re-running
 after a failure continues from the failed stage. Every flag the pipeline does
 not know is a Beam option for the ingest and validate stages. Exit status: 0
@@ -28,15 +29,19 @@ warnings.filterwarnings("ignore", message="You are using a Python version", cate
 from pipeline import config as config_lib  # noqa: E402
 from pipeline import dag, executor  # noqa: E402
 from pipeline import manifest as mf  # noqa: E402
-from schemas.artifacts import BATCHING_FILE, MODELS_CONFIG_FILE, MONITORING_FILE  # noqa: E402
+from pipeline import report  # noqa: E402
+from schemas.artifacts import MODELS_CONFIG_FILE  # noqa: E402
 
 
-def summary(manifest: mf.Manifest, cfg: config_lib.PipelineConfig) -> str:
-    """What a person needs after a successful run: where things are and how to serve and query the model."""
+def summary(manifest: mf.Manifest, cfg: config_lib.PipelineConfig, report_path: str | None = None) -> str:
+    """What a person needs after a successful run: the report first, then where things are and how to serve and
+    query the model."""
     stages = manifest.stages
     lines = [f"pipeline: run {manifest.run_id} done in {manifest.duration_s:.0f} s "
-             f"({sum(1 for s in stages.values() if s.cached)} of {len(stages)} stages from cache); "
-             f"manifest {mf.join(mf.run_dir(manifest.output_dir, manifest.run_id), 'manifest.json')}"]
+             f"({sum(1 for s in stages.values() if s.cached)} of {len(stages)} stages from cache)"]
+    if report_path:
+        lines.append(f"  {'report':<14}{report_path}   <- open this first")
+    lines.append(f"  {'manifest':<14}{manifest.path}")
 
     def line(stage: str, what: str, key: str) -> None:
         uri = stages[stage].outputs.get(key) if stage in stages else None
@@ -66,15 +71,8 @@ def summary(manifest: mf.Manifest, cfg: config_lib.PipelineConfig) -> str:
     elif push:
         lines.append(f"  {'served model':<14}nothing new pushed: {push.metrics.get('reason', '')}")
     if mf.exists(mf.join(serving, MODELS_CONFIG_FILE)):
-        lines += [
-            "Serve it (gRPC :8500, REST :8501), then colorize a photo or a folder:",
-            f"  python -m serving.server --model_config_file {mf.join(serving, MODELS_CONFIG_FILE)} "
-            f"--model_config_file_poll_wait_seconds 60 --enable_batching "
-            f"--batching_parameters_file {mf.join(serving, BATCHING_FILE)} "
-            f"--monitoring_config_file {mf.join(serving, MONITORING_FILE)}",
-            f"  python -m serving.client --server localhost:8500 --model_name {cfg.push.model_name} "
-            f"PHOTO.jpg --output_dir colorized",
-        ]
+        lines.append("Serve it (gRPC :8500, REST :8501), then colorize a photo or a folder:")
+        lines += [f"  {command}" for command in report.serving_commands(serving, cfg.push.model_name)]
     return "\n".join(lines)
 
 
@@ -86,13 +84,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"pipeline: preset {flags.preset}, output {cfg.output_dir}"
           + (f", Beam options {' '.join(beam_args)}" if beam_args else ""), flush=True)
+    invocation = {"argv": list(sys.argv[1:] if argv is None else argv), "preset": flags.preset,
+                  "config_file": flags.config_file, "overrides": list(flags.overrides),
+                  "data_dirs": list(flags.data_dirs)}
     manifest = executor.run_pipeline(dag.build_stages(cfg), cfg, output_dir=cfg.output_dir, beam_args=beam_args,
-                                no_cache=flags.no_cache)
+                                     no_cache=flags.no_cache, invocation=invocation)
+    report_path = report.write_quietly(mf.run_dir(manifest.output_dir, manifest.run_id))
     if not manifest.ok:
         print(f"pipeline: {manifest.error} Fix it and run the same command again: finished stages come from the "
-              f"cache. Manifest: {manifest.path}", file=sys.stderr)
+              f"cache. " + (f"Report: {report_path}. " if report_path else "") + f"Manifest: {manifest.path}",
+              file=sys.stderr)
         return 2 if manifest.user_error else 1
-    print(summary(manifest, cfg), flush=True)
+    print(summary(manifest, cfg, report_path), flush=True)
     return 0
 
 
