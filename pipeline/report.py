@@ -665,10 +665,13 @@ def build(manifest: dict[str, Any]) -> str:
 def resolve_run_dir(path: str) -> str:
     """A run dir from a run dir, runs/latest (a link or a one-line file) or an output dir (its latest run)."""
     path = path.rstrip("/") or path
+    runs = posixpath.dirname(path)
+    if posixpath.basename(path) == mf.LATEST and posixpath.basename(runs) == mf.RUNS_DIR:
+        run_id = mf.latest_run_id(posixpath.dirname(runs))
+        if run_id:
+            return mf.run_dir(posixpath.dirname(runs), run_id)
     if mf.exists(mf.join(path, mf.MANIFEST_FILE)):
         return path
-    if posixpath.basename(path) == mf.LATEST and mf.exists(path):
-        return mf.join(posixpath.dirname(path), mf.read_text(path).strip())
     if mf.exists(mf.join(path, mf.RUNS_DIR)):
         run_id = mf.latest_run_id(path)
         if run_id:

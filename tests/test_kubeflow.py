@@ -89,6 +89,19 @@ def test_stages_pass_data_through_run_dirs_on_the_pipeline_root(quick):
         assert task["inputs"]["parameters"]["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
 
 
+def test_the_last_step_has_the_run_report_as_an_html_artifact(quick):
+    """The Kubeflow UI shows a step's system.HTML output artifact: push writes the run report there."""
+    c = {name: container["args"] for name, container in quick["containers"].items()}
+    run = f"{ROOT_PLACEHOLDER}/runs/{{{{$.inputs.parameters['run_id']}}}}"
+    components = quick["spec"]["components"]
+    outputs = {name: components[task["componentRef"]["name"]].get("outputDefinitions", {}).get("artifacts", {})
+               for name, task in quick["tasks"].items()}
+    assert outputs["push"] == {"report": {"artifactType": {"schemaTitle": "system.HTML", "schemaVersion": "0.0.1"}}}
+    assert _arg(c["push"], "--report_html") == "{{$.outputs.artifacts['report'].path}}"
+    assert _arg(c["push"], "--run_dir") == run
+    assert [name for name in STAGES if outputs[name] or "--report_html" in c[name]] == ["push"]
+
+
 def test_beam_options_reach_the_beam_steps_only(quick):
     c = {name: container["args"] for name, container in quick["containers"].items()}
     for name in ("ingest", "validate"):
