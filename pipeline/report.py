@@ -535,7 +535,7 @@ def pictures_section(run: Run) -> Html:
         return note(run.why_missing("evaluate"))
     parts = []
     if run.exists("evaluate", artifacts.GRID_FILE):
-        images = (run.stages["evaluate"].get("metrics") or {}).get("images")
+        images = run.json("evaluate", artifacts.METRICS_FILE).get("images")
         shown = run.config.get("evaluate", {}).get("grid_images")
         parts.append(figure(image(mf.read_bytes(run.path("evaluate", artifacts.GRID_FILE)), "the test grid",
                                   class_="grid"),

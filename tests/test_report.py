@@ -124,3 +124,43 @@ def test_the_cli_names_a_wrong_dir_and_a_run_never_fails_for_its_report(tmp_path
     lines = []
     assert report.write_quietly(str(tmp_path / "nowhere"), log=lines.append) is None
     assert len(lines) == 1 and lines[0].startswith("report: the run report could not be written (ReportError:")
+
+
+def test_the_verdict_against_the_last_blessed_model_and_historical_photos_beside_their_gray(failed_run):
+    import base64
+    import io
+    import re
+
+    import numpy as np
+    from PIL import Image
+
+    out, run_dir = failed_run
+    manifest = json.loads(mf.read_text(os.path.join(run_dir, mf.MANIFEST_FILE)))
+    manifest["stages"]["evaluate"] = _stage(out, "evaluate", "succeeded")
+    evaluation = manifest["stages"]["evaluate"]["output_dir"]
+    scores = {"model": {"psnr": 21.25, "colorfulness_ratio": 0.31}, "gray": {"psnr": 22.5, "colorfulness_ratio": 0.0},
+              "baseline": {"psnr": 21.75, "colorfulness_ratio": 0.42}}
+    _write(os.path.join(evaluation, "metrics.json"), json.dumps({**scores, "images": 9, "split": "test",
+                                                                 "baseline_model": "out/serving/colorizer/4"}))
+    _write(os.path.join(evaluation, "blessing.json"), json.dumps({"blessed": False, "reason": "not blessed: too dull.",
+                                                                  "checks": [{"name": "colorfulness_recovered",
+                                                                              "passed": False, "detail": "31% < 50%"}]}))
+    rng = np.random.default_rng(0)
+    for name in ("test_grid.png", "historical/old <1>.png", "historical/old 2.png"):
+        os.makedirs(os.path.dirname(os.path.join(evaluation, name)), exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (60, 90, 3), dtype=np.uint8)).save(os.path.join(evaluation, name))
+    mf.write_json_atomic(os.path.join(run_dir, mf.MANIFEST_FILE), manifest)
+
+    page = open(report.write_report(run_dir), encoding="utf-8").read()
+    verdict = _section(page, "verdict")
+    assert 'data-verdict="NOT_BLESSED"' in verdict and "not blessed: too dull." in verdict
+    assert 'data-metric="baseline.psnr" data-value="21.75">21.75<' in verdict
+    assert 'data-metric="baseline.colorfulness_ratio" data-value="0.42">42%<' in verdict
+    assert 'data-check="colorfulness_recovered" data-passed="false"' in verdict and "31% &lt; 50%" in verdict
+    pictures = _section(page, "pictures")
+    images = dict((alt, src) for src, alt in re.findall(r'<img src="([^"]+)" alt="([^"]+)"', pictures))
+    assert set(images) == {"the test grid", "old &lt;1&gt;.png, gray", "old &lt;1&gt;.png, colorized",
+                           "old 2.png, gray", "old 2.png, colorized"}
+    gray = Image.open(io.BytesIO(base64.b64decode(images["old 2.png, gray"].split(",", 1)[1])))
+    colour = Image.open(io.BytesIO(base64.b64decode(images["old 2.png, colorized"].split(",", 1)[1])))
+    assert gray.mode == "L" and colour.mode == "RGB" and gray.size == colour.size == (90, 60)
