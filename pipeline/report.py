@@ -297,8 +297,8 @@ def run_section(run: Run) -> Html:
     rows = []
     for name, r in run.stages.items():
         status = r.get("status", "pending")
-        shown = {"cached": f"cached from run {r.get('produced_by_run')}", "skipped": f"skipped: {r.get('skip_reason')}",
-                 "failed": f"failed: {r.get('error')}", "pending": "not run"}.get(status, status)
+        shown = {"cached": f"from run {r.get('produced_by_run')}", "skipped": r.get("skip_reason"),
+                 "failed": r.get("error"), "pending": "not run"}.get(status, status)
         lineage = Html("<br>".join(f"{esc(k)} {short(v)}" for k, v in {**r.get("inputs", {}),
                                                                        **r.get("external_inputs", {})}.items()))
         rows.append(([tag("strong", name), tag("td", pill(status, status), " ", shown if shown != status else ""),
