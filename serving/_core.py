@@ -47,7 +47,6 @@ _VERSION_DIR = re.compile(r"^[0-9]+$")
 _TF_NOISE = re.compile(r"^(Graph execution error:|Detected at node|<stack traces unavailable>|File \")")
 _ASSERTION = "assertion failed: ["
 MAX_MESSAGE_CHARS = 1000  # client-chosen names quoted in an error message are cut to fit
-_WAIT_SLICE_S = 0.05  # how often a waiting request checks whether its client is still there
 
 
 class ServingError(Exception):
@@ -514,13 +513,14 @@ class ModelManager:
 
 @dataclasses.dataclass(frozen=True)
 class RequestLimits:
-    """Bounds on one predict request's work and memory, and on how many run or wait at once (the server's flags)."""
+    """Bounds on one predict request's work and memory, and on how many run or wait at once: the server's
+    flags of the same names (defaults in serving.server.ServerConfig)."""
 
-    max_inflight_requests: int = dataclasses.field(default_factory=lambda: 4 * (os.cpu_count() or 1))
-    max_queued_requests: int = dataclasses.field(default_factory=lambda: 4 * (os.cpu_count() or 1))
-    max_request_bytes: int = 64 * 1024 * 1024
-    max_request_pixels: int = 50_000_000
-    max_json_depth: int = 64
+    max_inflight_requests: int
+    max_queued_requests: int
+    max_request_bytes: int
+    max_request_pixels: int
+    max_json_depth: int
 
 
 def image_pixels(data: bytes) -> int:
@@ -572,16 +572,14 @@ class _Admission:
                                                          f"retry later.")
             self._waiting += 1
             try:
-                while self._running >= self.max_inflight:
-                    wait = _WAIT_SLICE_S if deadline is None else min(_WAIT_SLICE_S, deadline - time.monotonic())
-                    if wait <= 0:
-                        raise late
-                    if cancelled is not None and cancelled():
-                        raise _cancelled()
-                    self._cv.wait(wait)
-                self._running += 1
+                outcome = _batching.wait_done(
+                    lambda seconds: self._cv.wait_for(lambda: self._running < self.max_inflight, seconds),
+                    None if deadline is None else deadline - time.monotonic(), cancelled)
             finally:
                 self._waiting -= 1
+            if outcome != "done":
+                raise late if outcome == "late" else _cancelled()
+            self._running += 1
 
     def leave(self) -> None:
         with self._cv:
@@ -610,16 +608,16 @@ class ServingCore:
 
     A request takes one of --max_inflight_requests slots, waiting in a queue of --max_queued_requests
     (a full queue answers RESOURCE_EXHAUSTED at once). Its decoding, checks and model call run on a
-    worker within its deadline. A request whose deadline passes or whose client leaves is answered at
-    once; if its work has not started it never runs, and a model call already running is not
-    interrupted: its result is dropped and its slot freed when the call returns.
+    worker within its deadline; a batched signature's call runs in the batch scheduler, whose own
+    threads and queue bound it, after the slot is freed. A request whose deadline passes or whose
+    client leaves is answered at once; if its work has not started it never runs, and a model call
+    already running is not interrupted: its result is dropped and its slot freed when the call returns.
     """
 
-    def __init__(self, manager: ModelManager, batcher: _batching.BatchScheduler | None,
-                 limits: RequestLimits | None = None):
+    def __init__(self, manager: ModelManager, batcher: _batching.BatchScheduler | None, limits: RequestLimits):
         self.manager = manager
         self.batcher = batcher
-        self.limits = limits or RequestLimits()
+        self.limits = limits
         self._admission = _Admission(self.limits.max_inflight_requests, self.limits.max_queued_requests)
         self._executor = concurrent.futures.ThreadPoolExecutor(self.limits.max_inflight_requests,
                                                                thread_name_prefix="predict")
@@ -634,45 +632,43 @@ class ServingCore:
         if timeout is not None and timeout <= 0:
             raise late
         deadline = None if timeout is None else time.monotonic() + timeout
+        wanted = list(output_filter)
         self._admission.enter(deadline, cancelled, late)
         abandoned = threading.Event()
         try:
-            future = self._executor.submit(self._work, servable, decode, list(output_filter), deadline, late,
-                                           abandoned)
+            future = self._executor.submit(self._work, servable, decode, wanted, deadline, late, abandoned)
         except RuntimeError:  # the executor has shut down
             self._admission.leave()
             raise ServingError("UNAVAILABLE", "The server is shutting down; retry on another replica.") from None
         future.add_done_callback(lambda _: self._admission.leave())
-        while True:
-            wait = None if cancelled is None else _WAIT_SLICE_S
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    abandoned.set()
-                    future.cancel()
-                    raise late
-                wait = left if wait is None else min(wait, left)
+        left = lambda: None if deadline is None else deadline - time.monotonic()  # noqa: E731
+        outcome = _batching.wait_done(lambda seconds: bool(concurrent.futures.wait([future], seconds).done),
+                                      left(), cancelled)
+        if outcome != "done":
+            abandoned.set()
+            future.cancel()
+            raise late if outcome == "late" else _cancelled()
+        signature, arrays, batched = future.result()
+        if batched:
             try:
-                return future.result(wait)
-            except concurrent.futures.TimeoutError:
-                if future.done():
-                    raise  # the work's own TimeoutError
-            if cancelled is not None and cancelled():
-                abandoned.set()
-                future.cancel()
-                raise _cancelled()
+                arrays = self.batcher.run((servable.name, servable.version, signature.name, id(servable)),
+                                          lambda batch: servable.run(signature, batch), arrays, left(), cancelled)
+            except TimeoutError:
+                raise late from None
+            except concurrent.futures.CancelledError:
+                raise _cancelled() from None
+            except _batching.BatchingUnavailable as e:
+                raise ServingError("UNAVAILABLE", str(e)) from None
+        return signature, {name: arrays[name] for name in wanted} if wanted else arrays
 
     def _work(self, servable: Servable, decode: Decoder, wanted: list[str], deadline: float | None,
-              late: ServingError, abandoned: threading.Event) -> tuple[Signature, dict[str, np.ndarray]]:
-        def remaining() -> float | None:
-            if abandoned.is_set():
-                raise late  # nobody waits for it: never run the model
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise late
-            return left
+              late: ServingError, abandoned: threading.Event) -> tuple[Signature, dict[str, np.ndarray], bool]:
+        """(signature, outputs, False), or (signature, checked inputs, True) for the batch scheduler."""
+        def check_time() -> None:
+            if abandoned.is_set() or (deadline is not None and time.monotonic() >= deadline):
+                raise late  # nobody waits for it any more: never run the model
 
-        remaining()
+        check_time()
         signature_name, inputs = decode()
         signature = servable.signature(signature_name)
         inputs = signature.check_inputs(inputs)
@@ -682,20 +678,10 @@ class ServingCore:
                                                    f"'{signature.name}'; its outputs are: "
                                                    f"{', '.join(sorted(signature.outputs))}.")
         check_pixels(inputs, self.limits.max_request_pixels)
-        timeout = remaining()
+        check_time()
         if self.batcher is not None and signature.batchable:
-            try:
-                outputs = self.batcher.run((servable.name, servable.version, signature.name, id(servable)),
-                                           lambda batch: servable.run(signature, batch), inputs, timeout)
-            except TimeoutError:
-                raise late from None
-            except _batching.BatchingUnavailable as e:
-                raise ServingError("UNAVAILABLE", str(e)) from None
-        else:
-            outputs = servable.run(signature, inputs)
-        if wanted:
-            outputs = {name: outputs[name] for name in wanted}
-        return signature, outputs
+            return signature, inputs, True
+        return signature, servable.run(signature, inputs), False
 
     def load(self) -> tuple[int, int]:
         """(requests holding a slot, requests waiting for one)."""

@@ -185,7 +185,7 @@ def json_depth_over(body: bytes, limit: int) -> bool:
 
 
 def parse_predict_body(body: bytes, servable: _core.Servable,
-                       max_depth: int = 64) -> tuple[str, dict[str, np.ndarray], bool]:
+                       max_depth: int) -> tuple[str, dict[str, np.ndarray], bool]:
     """(signature name, inputs, row format?) from a predict request body."""
     too_deep = _error(f"The JSON body nests deeper than the --max_json_depth limit of {max_depth}.")
     if json_depth_over(body, max_depth):

@@ -68,20 +68,21 @@ class ServerConfig:
     grpc_max_threads: int = dataclasses.field(default_factory=lambda: 4 * (os.cpu_count() or 1))
     bind_address: str = "0.0.0.0"
     # Request limits of the built-in server (serving._core.RequestLimits; tensorflow_model_server has none of these)
-    max_inflight_requests: int = dataclasses.field(default_factory=lambda: 4 * (os.cpu_count() or 1))
-    max_queued_requests: int = dataclasses.field(default_factory=lambda: 4 * (os.cpu_count() or 1))
+    max_inflight_requests: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
+    max_queued_requests: int = dataclasses.field(default_factory=lambda: 16 * (os.cpu_count() or 1))
     max_request_bytes: int = 64 * 1024 * 1024
     max_request_pixels: int = 50_000_000
     max_json_depth: int = 64
 
     def request_limits(self) -> Any:
+        """These flags as serving._core.RequestLimits; a value under 1 raises ServerConfigError."""
         from serving import _core
 
-        limits = _core.RequestLimits(**{f.name: getattr(self, f.name) for f in dataclasses.fields(_core.RequestLimits)})
-        for field in dataclasses.fields(limits):
-            if getattr(limits, field.name) < 1:
-                raise ServerConfigError(f"--{field.name} must be at least 1, got {getattr(limits, field.name)}.")
-        return limits
+        values = {field.name: getattr(self, field.name) for field in dataclasses.fields(_core.RequestLimits)}
+        for name, value in values.items():
+            if value < 1:
+                raise ServerConfigError(f"--{name} must be at least 1, got {value}.")
+        return _core.RequestLimits(**values)
 
 
 class ServerConfigError(ValueError):
@@ -269,10 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--grpc_max_threads", type=int, default=None, help="gRPC worker threads (default 4 per CPU)")
     limits = ServerConfig()
     add("--max_inflight_requests", type=int, default=limits.max_inflight_requests,
-        help="built-in server: predict requests at work at once (default 4 per CPU)")
+        help="built-in server: predict requests decoding or in an unbatched model call at once; one per CPU "
+             "by default")
     add("--max_queued_requests", type=int, default=limits.max_queued_requests,
         help="built-in server: predict requests waiting for a slot; more are refused at once with "
-             "RESOURCE_EXHAUSTED / HTTP 429 (default 4 per CPU)")
+             "RESOURCE_EXHAUSTED / HTTP 429; 16 per CPU by default")
     add("--max_request_bytes", type=int, default=limits.max_request_bytes,
         help="built-in server: largest REST body or gRPC message, and largest tensor a request may decode to")
     add("--max_request_pixels", type=int, default=limits.max_request_pixels,

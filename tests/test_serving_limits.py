@@ -153,7 +153,7 @@ def test_a_flood_of_slow_requests_is_refused_or_dropped_and_good_requests_are_se
         assert _calls(running.grpc_port) - before < len(grpc_codes) + len(rest_codes)
 
 
-def test_a_cancelled_queued_request_never_runs(slow_base):
+def test_cancelled_queued_requests_never_run(slow_base):
     config = serving_config(model_base_path=slow_base, max_inflight_requests=1, max_queued_requests=4)
     with server_lib.serve(config) as running, grpc.insecure_channel(f"127.0.0.1:{running.grpc_port}") as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
@@ -171,9 +171,14 @@ def test_a_cancelled_queued_request_never_runs(slow_base):
         wait_for(lambda: running.core.load() == (1, 1))
         second.cancel()
         wait_for(lambda: running.core.load() == (1, 0))  # it left the queue while the first still runs
+        body = json.dumps({"signature_name": "sleep", "instances": [1000]}).encode()
+        with socket.create_connection(("127.0.0.1", running.rest_port), timeout=20) as sock:
+            sock.sendall(_post(f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n", body))
+            wait_for(lambda: running.core.load() == (1, 1))
+        wait_for(lambda: running.core.load() == (1, 0))  # the REST client hung up: dropped from the queue
         assert int(tf.make_ndarray(first.result().outputs["calls"])[0]) == before + 1
         _good_request_works(running)
-        assert _calls(running.grpc_port) == before + 1  # the cancelled one never ran
+        assert _calls(running.grpc_port) == before + 1  # the cancelled ones never ran
 
 
 # ---------------------------------------------------------------- 3. memory bounds
@@ -313,3 +318,15 @@ def test_a_body_cut_short_gets_a_400_and_no_traceback(slow_base, capfd, caplog):
         _good_request_works(running)
     assert "Traceback" not in capfd.readouterr().err
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+def test_limit_flags_reach_the_server_and_bad_values_exit_2(slow_base, capsys):
+    args = server_lib.build_parser().parse_args([
+        f"--model_base_path={slow_base}", "--max_inflight_requests=3", "--max_queued_requests=5",
+        "--max_request_bytes=1000", "--max_request_pixels=100", "--max_json_depth=4"])
+    limits = server_lib.config_from_args(args).request_limits()
+    assert (limits.max_inflight_requests, limits.max_queued_requests, limits.max_request_bytes,
+            limits.max_request_pixels, limits.max_json_depth) == (3, 5, 1000, 100, 4)
+    assert server_lib.main([f"--model_base_path={slow_base}", "--implementation=python",
+                            "--max_queued_requests=0"]) == 2
+    assert capsys.readouterr().err.strip() == "--max_queued_requests must be at least 1, got 0."
