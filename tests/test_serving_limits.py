@@ -165,7 +165,7 @@ def test_cancelled_queued_requests_never_run(slow_base):
             request.inputs["micros"].CopyFrom(tf.make_tensor_proto([micros], tf.int64))
             return request
 
-        first = stub.Predict.future(sleep_request(2 * SLOW_MICROS), timeout=30)
+        first = stub.Predict.future(sleep_request(4 * SLOW_MICROS), timeout=30)  # holds the only slot
         wait_for(lambda: running.core.load() == (1, 0))
         second = stub.Predict.future(sleep_request(1000), timeout=30)
         wait_for(lambda: running.core.load() == (1, 1))
