@@ -15,7 +15,6 @@ import os
 import resource
 import socket
 import threading
-import time
 
 import grpc
 import numpy as np
@@ -106,7 +105,8 @@ def test_metrics_label_only_served_models_and_signatures(slow_base):
     assert counts[prefix + 'model_name="unknown",signature_name="unknown",entrypoint="REST",status="NOT_FOUND"}'] == 10
     assert counts[prefix + 'model_name="colorizer",signature_name="unknown",entrypoint="GRPC",'
                            'status="INVALID_ARGUMENT"}'] == 10
-    assert counts[prefix + 'model_name="colorizer",signature_name="serving_default",entrypoint="REST",status="OK"}'] == 1
+    assert counts[prefix + 'model_name="colorizer",signature_name="serving_default",entrypoint="REST",'
+                           'status="OK"}'] == 1
 
 
 def _monitoring(slow_base: str) -> str:
@@ -293,8 +293,10 @@ MALFORMED = [
      "A chunk size is not a hexadecimal number on its own line."),
     ("Transfer-Encoding: chunked\r\n", b"-2\r\n{}\r\n0\r\n\r\n",
      "A chunk size is not a hexadecimal number on its own line."),
-    ("Transfer-Encoding: chunked\r\n", b"2\r\n{}XX0\r\n\r\n", "A chunk is shorter than its size or not followed by CRLF."),
-    ("Transfer-Encoding: gzip\r\n", b"", "Transfer-Encoding 'gzip' is not supported; send 'chunked' or a Content-Length."),
+    ("Transfer-Encoding: chunked\r\n", b"2\r\n{}XX0\r\n\r\n",
+     "A chunk is shorter than its size or not followed by CRLF."),
+    ("Transfer-Encoding: gzip\r\n", b"",
+     "Transfer-Encoding 'gzip' is not supported; send 'chunked' or a Content-Length."),
 ]
 
 
