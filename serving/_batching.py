@@ -11,6 +11,7 @@ run one by one, so one bad image fails only its own request.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import logging
 import os
@@ -28,8 +29,29 @@ Arrays = dict[str, np.ndarray]
 RunFn = Callable[[Arrays], Arrays]
 
 
+WAIT_SLICE_S = 0.05  # how often a waiting request checks whether its client is still there
+
+
 class BatchingUnavailable(Exception):
     """The batch queue is full or the scheduler has stopped; retrying later can succeed."""
+
+
+def wait_done(wait: Callable[[float | None], bool], timeout: float | None,
+              cancelled: Callable[[], bool] | None = None) -> str:
+    """Calls `wait(seconds)` (True once done) until done: "done", or "late" after `timeout` seconds, or
+    "cancelled" as soon as `cancelled()` says the client has gone."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        step = None if cancelled is None else WAIT_SLICE_S
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return "late"
+            step = left if step is None else min(step, left)
+        if wait(step):
+            return "done"
+        if cancelled is not None and cancelled():
+            return "cancelled"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,11 +143,13 @@ class BatchScheduler:
         for thread in self._threads:
             thread.start()
 
-    def run(self, key: Hashable, run: RunFn, inputs: Arrays, timeout: float | None = None) -> Arrays:
+    def run(self, key: Hashable, run: RunFn, inputs: Arrays, timeout: float | None = None,
+            cancelled: Callable[[], bool] | None = None) -> Arrays:
         """Runs `run` on these inputs merged with other requests of the same key; blocks for the result.
 
         Raises BatchingUnavailable when the queue is full, TimeoutError when `timeout` seconds pass
-        first, or whatever `run` raised for this request.
+        first, CancelledError when `cancelled()` turns true first (a request given up before its batch
+        runs is left out of it), or whatever `run` raised for this request.
         """
         rows = batch_rows(inputs)
         if rows is None or rows == 0 or rows > self.options.max_batch_size:
@@ -151,9 +175,10 @@ class BatchScheduler:
             if batch.rows >= self.options.max_batch_size:
                 batch.closed = True
             self._cv.notify_all()
-        if not task.done.wait(timeout):
+        outcome = wait_done(task.done.wait, timeout, cancelled)
+        if outcome != "done":
             task.abandoned = True
-            raise TimeoutError
+            raise TimeoutError if outcome == "late" else concurrent.futures.CancelledError
         if task.error is not None:
             raise task.error
         assert task.outputs is not None

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import io
 import logging
+import math
 import os
 import re
 import threading
@@ -22,6 +24,7 @@ from typing import Callable, Iterable
 import numpy as np
 import tensorflow as tf
 from google.protobuf import text_format
+from PIL import Image
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, prediction_log_pb2
@@ -43,12 +46,15 @@ CODE_NUMBERS = {name: number for number, name in CODE_NAMES.items()}
 _VERSION_DIR = re.compile(r"^[0-9]+$")
 _TF_NOISE = re.compile(r"^(Graph execution error:|Detected at node|<stack traces unavailable>|File \")")
 _ASSERTION = "assertion failed: ["
+MAX_MESSAGE_CHARS = 1000  # client-chosen names quoted in an error message are cut to fit
 
 
 class ServingError(Exception):
     """A request that cannot be served; `code` is a gRPC status name, the message one sentence."""
 
     def __init__(self, code: str, message: str):
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = message[:MAX_MESSAGE_CHARS - 4] + "...."
         super().__init__(message)
         self.code, self.message = code, message
 
@@ -219,7 +225,23 @@ class Servable:
         return count
 
 
-def tensor_to_array(name: str, proto) -> np.ndarray:
+def _decoded_bytes(proto) -> int:
+    """The bytes a TensorProto takes once decoded: TensorFlow repeats the last value sent to fill its shape."""
+    count = math.prod(max(d.size, 0) for d in proto.tensor_shape.dim)
+    if proto.dtype == types_pb2.DT_STRING:
+        return count * np.dtype(object).itemsize + sum(len(v) for v in proto.string_val)
+    try:
+        return count * tf.as_dtype(proto.dtype).size
+    except TypeError:  # not a dtype: tf.make_ndarray names the problem
+        return 0
+
+
+def tensor_to_array(name: str, proto, max_bytes: int | None = None) -> np.ndarray:
+    """The array a TensorProto holds; one that would decode to more than `max_bytes` is refused unread."""
+    if max_bytes is not None and (size := _decoded_bytes(proto)) > max_bytes:
+        raise ServingError("INVALID_ARGUMENT", f"Input '{name}' has shape "
+                                               f"{_shape_text(d.size for d in proto.tensor_shape.dim)}, which decodes "
+                                               f"to {size} bytes, over the --max_request_bytes limit of {max_bytes}.")
     try:
         return tf.make_ndarray(proto)
     except Exception as e:  # noqa: BLE001 - any malformed TensorProto is the caller's mistake
@@ -489,64 +511,185 @@ class ModelManager:
         return dict(sorted(states.items(), reverse=True))
 
 
-class ServingCore:
-    """Predict with batching, deadlines and in-flight accounting, shared by the gRPC and REST front ends."""
+@dataclasses.dataclass(frozen=True)
+class RequestLimits:
+    """Bounds on one predict request's work and memory, and on how many run or wait at once: the server's
+    flags of the same names (defaults in serving.server.ServerConfig)."""
 
-    def __init__(self, manager: ModelManager, batcher: _batching.BatchScheduler | None, max_threads: int):
+    max_inflight_requests: int
+    max_queued_requests: int
+    max_request_bytes: int
+    max_request_pixels: int
+    max_json_depth: int
+
+
+def image_pixels(data: bytes) -> int:
+    """Width x height from an image's header (JPEG, PNG, GIF, BMP, ...), without decoding; 0 if not an image."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except Image.DecompressionBombError:  # PIL's own bound (twice MAX_IMAGE_PIXELS) is a lower bound here
+        return 2 * (Image.MAX_IMAGE_PIXELS or 0) + 1
+    except Exception:  # noqa: BLE001 - not an image (or a truncated header): the model names the problem
+        return 0
+    return width * height
+
+
+def check_pixels(inputs: dict[str, np.ndarray], limit: int) -> None:
+    """Refuses a request whose string inputs hold images of more than `limit` pixels in all (headers only)."""
+    total = 0
+    for array in inputs.values():
+        if array.dtype != object:
+            continue
+        for value in array.reshape(-1):
+            if isinstance(value, bytes):
+                total += image_pixels(value)
+                if total > limit:
+                    raise ServingError("INVALID_ARGUMENT", f"The request's images add up to at least {total} pixels, "
+                                                           f"over the --max_request_pixels limit of {limit}; send "
+                                                           f"fewer or smaller images per request.")
+
+
+class _Admission:
+    """At most `max_inflight` requests at work and `max_queued` waiting for a slot; more are refused at once."""
+
+    def __init__(self, max_inflight: int, max_queued: int):
+        self.max_inflight, self.max_queued = max_inflight, max_queued
+        self._cv = threading.Condition()
+        self._running = self._waiting = 0
+
+    def enter(self, deadline: float | None, cancelled: Callable[[], bool] | None, late: ServingError) -> None:
+        """Takes a slot, waiting in the queue for one; raises RESOURCE_EXHAUSTED when the queue is full,
+        `late` when the deadline passes first and CANCELLED when the client goes away."""
+        with self._cv:
+            if self._running < self.max_inflight and not self._waiting:
+                self._running += 1
+                return
+            if self._waiting >= self.max_queued:
+                raise ServingError("RESOURCE_EXHAUSTED", f"The server is at its limit of {self.max_inflight} "
+                                                         f"requests in flight and {self.max_queued} queued "
+                                                         f"(--max_inflight_requests, --max_queued_requests); "
+                                                         f"retry later.")
+            self._waiting += 1
+            try:
+                outcome = _batching.wait_done(
+                    lambda seconds: self._cv.wait_for(lambda: self._running < self.max_inflight, seconds),
+                    None if deadline is None else deadline - time.monotonic(), cancelled)
+            finally:
+                self._waiting -= 1
+            if outcome != "done":
+                raise late if outcome == "late" else _cancelled()
+            self._running += 1
+
+    def leave(self) -> None:
+        with self._cv:
+            self._running -= 1
+            self._cv.notify_all()
+
+    def counts(self) -> tuple[int, int]:
+        with self._cv:
+            return self._running, self._waiting
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._cv:
+            return self._cv.wait_for(lambda: self._running == 0 and self._waiting == 0, timeout)
+
+
+def _cancelled() -> ServingError:
+    return ServingError("CANCELLED", "The client cancelled the request.")
+
+
+Decoder = Callable[[], tuple[str, dict[str, np.ndarray]]]
+"""Reads a request's signature name and inputs (JSON parsing, TensorProto decoding) inside its time budget."""
+
+
+class ServingCore:
+    """Predict with admission control, deadlines, cancellation and batching, shared by the gRPC and REST front ends.
+
+    A request takes one of --max_inflight_requests slots, waiting in a queue of --max_queued_requests
+    (a full queue answers RESOURCE_EXHAUSTED at once). Its decoding, checks and model call run on a
+    worker within its deadline; a batched signature's call runs in the batch scheduler, whose own
+    threads and queue bound it, after the slot is freed. A request whose deadline passes or whose
+    client leaves is answered at once; if its work has not started it never runs, and a model call
+    already running is not interrupted: its result is dropped and its slot freed when the call returns.
+    """
+
+    def __init__(self, manager: ModelManager, batcher: _batching.BatchScheduler | None, limits: RequestLimits):
         self.manager = manager
         self.batcher = batcher
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_threads, thread_name_prefix="predict")
-        self._in_flight = 0
-        self._idle = threading.Condition()
+        self.limits = limits
+        self._admission = _Admission(self.limits.max_inflight_requests, self.limits.max_queued_requests)
+        self._executor = concurrent.futures.ThreadPoolExecutor(self.limits.max_inflight_requests,
+                                                               thread_name_prefix="predict")
 
-    def predict(self, servable: Servable, signature_name: str, inputs: dict[str, np.ndarray],
-                output_filter: Iterable[str] = (), timeout: float | None = None,
+    def predict(self, servable: Servable, decode: Decoder, output_filter: Iterable[str] = (),
+                timeout: float | None = None, cancelled: Callable[[], bool] | None = None,
                 ) -> tuple[Signature, dict[str, np.ndarray]]:
+        """Runs one request on `servable`: `decode()` gives its signature name and inputs. `cancelled()`
+        tells whether the client has gone away; `timeout` is the seconds left of its deadline."""
+        late = ServingError("DEADLINE_EXCEEDED", f"The request did not finish within its deadline of "
+                                                 f"{timeout or 0:.3g} s.")
+        if timeout is not None and timeout <= 0:
+            raise late
+        deadline = None if timeout is None else time.monotonic() + timeout
+        wanted = list(output_filter)
+        self._admission.enter(deadline, cancelled, late)
+        abandoned = threading.Event()
+        try:
+            future = self._executor.submit(self._work, servable, decode, wanted, deadline, late, abandoned)
+        except RuntimeError:  # the executor has shut down
+            self._admission.leave()
+            raise ServingError("UNAVAILABLE", "The server is shutting down; retry on another replica.") from None
+        future.add_done_callback(lambda _: self._admission.leave())
+        left = lambda: None if deadline is None else deadline - time.monotonic()  # noqa: E731
+        outcome = _batching.wait_done(lambda seconds: bool(concurrent.futures.wait([future], seconds).done),
+                                      left(), cancelled)
+        if outcome != "done":
+            abandoned.set()
+            future.cancel()
+            raise late if outcome == "late" else _cancelled()
+        signature, arrays, batched = future.result()
+        if batched:
+            try:
+                arrays = self.batcher.run((servable.name, servable.version, signature.name, id(servable)),
+                                          lambda batch: servable.run(signature, batch), arrays, left(), cancelled)
+            except TimeoutError:
+                raise late from None
+            except concurrent.futures.CancelledError:
+                raise _cancelled() from None
+            except _batching.BatchingUnavailable as e:
+                raise ServingError("UNAVAILABLE", str(e)) from None
+        return signature, {name: arrays[name] for name in wanted} if wanted else arrays
+
+    def _work(self, servable: Servable, decode: Decoder, wanted: list[str], deadline: float | None,
+              late: ServingError, abandoned: threading.Event) -> tuple[Signature, dict[str, np.ndarray], bool]:
+        """(signature, outputs, False), or (signature, checked inputs, True) for the batch scheduler."""
+        def check_time() -> None:
+            if abandoned.is_set() or (deadline is not None and time.monotonic() >= deadline):
+                raise late  # nobody waits for it any more: never run the model
+
+        check_time()
+        signature_name, inputs = decode()
         signature = servable.signature(signature_name)
         inputs = signature.check_inputs(inputs)
-        wanted = list(output_filter)
         unknown = [name for name in wanted if name not in signature.outputs]
         if unknown:
             raise ServingError("INVALID_ARGUMENT", f"'{unknown[0]}' is not an output of signature "
                                                    f"'{signature.name}'; its outputs are: "
                                                    f"{', '.join(sorted(signature.outputs))}.")
-        with self._idle:
-            self._in_flight += 1
-        try:
-            outputs = self._run(servable, signature, inputs, timeout)
-        finally:
-            with self._idle:
-                self._in_flight -= 1
-                self._idle.notify_all()
-        if wanted:
-            outputs = {name: outputs[name] for name in wanted}
-        return signature, outputs
+        check_pixels(inputs, self.limits.max_request_pixels)
+        check_time()
+        if self.batcher is not None and signature.batchable:
+            return signature, inputs, True
+        return signature, servable.run(signature, inputs), False
 
-    def _run(self, servable: Servable, signature: Signature, inputs: dict[str, np.ndarray],
-             timeout: float | None) -> dict[str, np.ndarray]:
-        def run(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            return servable.run(signature, batch)
-
-        late = ServingError("DEADLINE_EXCEEDED", f"The request did not finish within its deadline of "
-                                                 f"{timeout or 0:.3g} s.")
-        if timeout is not None and timeout <= 0:
-            raise late
-        try:
-            if self.batcher is not None and signature.batchable:
-                return self.batcher.run((servable.name, servable.version, signature.name, id(servable)), run,
-                                        inputs, timeout)
-            if timeout is None:
-                return run(inputs)
-            return self._executor.submit(run, inputs).result(timeout)
-        except (TimeoutError, concurrent.futures.TimeoutError):
-            raise late from None
-        except _batching.BatchingUnavailable as e:
-            raise ServingError("UNAVAILABLE", str(e)) from None
+    def load(self) -> tuple[int, int]:
+        """(requests holding a slot, requests waiting for one)."""
+        return self._admission.counts()
 
     def drain(self, timeout: float) -> bool:
-        """Waits until no predict is in flight; False if some still are after `timeout` seconds."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+        """Waits until no predict is in flight or queued; False if some still are after `timeout` seconds."""
+        return self._admission.wait_idle(timeout)
 
     def close(self) -> None:
         if self.batcher is not None:

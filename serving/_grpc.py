@@ -39,14 +39,20 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.core, self.metrics = core, metrics
 
     def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext):  # noqa: N802
-        started, code = time.monotonic(), "OK"
+        started, code, servable = time.monotonic(), "OK", None
         name, version, label = _spec(request.model_spec)
         signature_name = request.model_spec.signature_name or _core.DEFAULT_SIGNATURE
+        max_bytes = self.core.limits.max_request_bytes
+
+        def decode() -> tuple[str, dict]:
+            return signature_name, {key: _core.tensor_to_array(key, proto, max_bytes)
+                                    for key, proto in request.inputs.items()}
+
         try:
             servable = self.core.manager.resolve(name, version, label)
-            inputs = {key: _core.tensor_to_array(key, proto) for key, proto in request.inputs.items()}
-            signature, outputs = self.core.predict(servable, signature_name, inputs, request.output_filter,
-                                                   timeout=context.time_remaining())
+            signature, outputs = self.core.predict(servable, decode, request.output_filter,
+                                                   timeout=context.time_remaining(),
+                                                   cancelled=lambda: not context.is_active())
             response = predict_pb2.PredictResponse()
             response.model_spec.name = servable.name
             response.model_spec.version.value = servable.version
@@ -58,7 +64,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             code = e.code if isinstance(e, _core.ServingError) else "INTERNAL"
             _abort(context, e, "Predict")
         finally:
-            self.metrics.observe_request(name, signature_name, "GRPC", code, time.monotonic() - started)
+            self.metrics.observe_request(*_metrics.request_labels(servable, signature_name), "GRPC", code,
+                                         time.monotonic() - started)
 
     def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,  # noqa: N802
                          context: grpc.ServicerContext):

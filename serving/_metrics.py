@@ -4,6 +4,9 @@
     :tensorflow:serving:request_latency{model_name, signature_name, entrypoint}          histogram, microseconds
     :tensorflow:serving:batching_session:processed_batch_size{model_name, signature_name} histogram, rows
     :tensorflow:serving:model_version_state{model_name, version, state}                   gauge, 1 for the current state
+
+Requests are labelled only with names the server serves: a model that is not loaded or a signature it
+does not have counts under "unknown", so clients cannot grow the page by sending new names.
 """
 
 from __future__ import annotations
@@ -14,6 +17,15 @@ from collections import defaultdict
 PREFIX = ":tensorflow:serving:"
 LATENCY_BUCKETS_US = tuple(10 * 1.8 ** i for i in range(33))  # TF Serving's request_latency buckets
 BATCH_BUCKETS = tuple(2 ** i for i in range(14))
+UNKNOWN = "unknown"
+
+
+def request_labels(servable, signature_name: str) -> tuple[str, str]:
+    """(model, signature) labels for a request: the served names, else UNKNOWN; `servable` None when it
+    named no loaded model."""
+    if servable is None:
+        return UNKNOWN, UNKNOWN
+    return servable.name, signature_name if signature_name in servable.signatures else UNKNOWN
 
 
 def _labels(names: tuple[str, ...], values: tuple, extra: str = "") -> str:

@@ -17,6 +17,9 @@ import http.server
 import json
 import logging
 import re
+import select
+import socket
+import sys
 import threading
 import time
 import urllib.parse
@@ -39,6 +42,14 @@ _PREDICT = re.compile(_SPEC + r":(classify|regress|predict)", re.IGNORECASE)
 _STATUS = re.compile(_SPEC + r"(/metadata)?", re.IGNORECASE)
 _BYTES_SUFFIX = "_bytes"
 _INT_KINDS, _NUMBER_KINDS = "iu", "iuf"
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_ALL_BUT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_DEPTH_CHUNK = 1 << 20
+_MAX_LINE = 65536  # longest chunk-size line read
+
+
+class BadRequest(Exception):
+    """A request the HTTP layer cannot read (framing or size); answered 400 with this sentence."""
 
 
 def _error(message: str) -> _core.ServingError:
@@ -160,10 +171,29 @@ def _columns(value: Any, signature: _core.Signature) -> dict[str, np.ndarray]:
     return {name: json_to_array(value[name], signature.inputs[name]) for name in names}
 
 
-def parse_predict_body(body: bytes, servable: _core.Servable) -> tuple[str, dict[str, np.ndarray], bool]:
+def json_depth_over(body: bytes, limit: int) -> bool:
+    """Whether the JSON text nests arrays and objects deeper than `limit`, found before parsing."""
+    brackets = _JSON_STRING.sub(b"", body).translate(None, _ALL_BUT_BRACKETS)
+    depth = 0
+    for start in range(0, len(brackets), _DEPTH_CHUNK):
+        chunk = np.frombuffer(brackets, np.uint8, min(_DEPTH_CHUNK, len(brackets) - start), start)
+        levels = depth + np.cumsum(np.where((chunk == ord("[")) | (chunk == ord("{")), 1, -1), dtype=np.int64)
+        if levels.max() > limit:
+            return True
+        depth = int(levels[-1])
+    return False
+
+
+def parse_predict_body(body: bytes, servable: _core.Servable,
+                       max_depth: int) -> tuple[str, dict[str, np.ndarray], bool]:
     """(signature name, inputs, row format?) from a predict request body."""
+    too_deep = _error(f"The JSON body nests deeper than the --max_json_depth limit of {max_depth}.")
+    if json_depth_over(body, max_depth):
+        raise too_deep
     try:
         doc = json.loads(body)
+    except RecursionError:
+        raise too_deep from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         where = f" at offset {e.pos}" if isinstance(e, json.JSONDecodeError) else ""
         message = e.msg if isinstance(e, json.JSONDecodeError) else "the body is not UTF-8"
@@ -221,19 +251,21 @@ class RestApi:
         self.timeout = timeout_ms / 1000 if timeout_ms > 0 else None
         self.prometheus_path = prometheus_path
 
-    def handle(self, method: str, raw_path: str, body: bytes) -> tuple[int, str, bytes]:
+    def handle(self, method: str, raw_path: str, body: bytes,
+               cancelled: Callable[[], bool] | None = None) -> tuple[int, str, bytes]:
+        """`cancelled()` tells whether the client has gone away (its predict is then dropped)."""
         path = urllib.parse.urlsplit(raw_path).path
         if self.prometheus_path and path == self.prometheus_path and method == "GET":
             return 200, "text/plain; version=0.0.4", self.metrics.render().encode()
         try:
-            return 200, "application/json", json.dumps(self._route(method, path, body), indent=1).encode()
+            return 200, "application/json", json.dumps(self._route(method, path, body, cancelled), indent=1).encode()
         except _core.ServingError as e:
-            return HTTP_STATUS.get(e.code, 500), "application/json", json.dumps({"error": e.message}).encode()
+            return error_reply(HTTP_STATUS.get(e.code, 500), e.message)
         except Exception as e:  # noqa: BLE001 - one request's bug must not take the server down
             _log.exception("REST %s %s failed", method, path)
-            return 500, "application/json", json.dumps({"error": f"Internal error: {e}"}).encode()
+            return error_reply(500, f"Internal error: {e}")
 
-    def _route(self, method: str, path: str, body: bytes) -> dict[str, Any]:
+    def _route(self, method: str, path: str, body: bytes, cancelled: Callable[[], bool] | None) -> dict[str, Any]:
         if not path.lower().startswith("/v1/"):
             raise _core.ServingError("NOT_FOUND", f"{path} is not an API path; use /v1/models/NAME.")
         match = (_PREDICT if method == "POST" else _STATUS).fullmatch(path) if method in ("GET", "POST") else None
@@ -245,24 +277,35 @@ class RestApi:
         if method == "POST":
             if match.group(4).lower() != "predict":
                 raise _core.ServingError("UNIMPLEMENTED", f"{match.group(4)} is not supported here; use :predict.")
-            return self._predict(name, version, label, body)
+            return self._predict(name, version, label, body, cancelled)
         if match.group(4):
             servable = self.core.manager.resolve(name, version, label)
             return metadata_json(servable)
         return status_json(self.core.manager.status(name, version, label))
 
-    def _predict(self, name: str, version: int | None, label: str | None, body: bytes) -> dict[str, Any]:
-        started, signature, code = time.monotonic(), "", "OK"
+    def _predict(self, name: str, version: int | None, label: str | None, body: bytes,
+                 cancelled: Callable[[], bool] | None) -> dict[str, Any]:
+        started, code, servable, parsed = time.monotonic(), "OK", None, {"signature": "", "rows": True}
+
+        def decode() -> tuple[str, dict[str, np.ndarray]]:
+            signature, inputs, parsed["rows"] = parse_predict_body(body, servable, self.core.limits.max_json_depth)
+            parsed["signature"] = signature
+            return signature, inputs
+
         try:
             servable = self.core.manager.resolve(name, version, label)
-            signature, inputs, rows = parse_predict_body(body, servable)
-            _, outputs = self.core.predict(servable, signature, inputs, timeout=self.timeout)
-            return predict_response(outputs, rows)
+            _, outputs = self.core.predict(servable, decode, timeout=self.timeout, cancelled=cancelled)
+            return predict_response(outputs, parsed["rows"])
         except _core.ServingError as e:
             code = e.code
             raise
         finally:
-            self.metrics.observe_request(name, signature, "REST", code, time.monotonic() - started)
+            self.metrics.observe_request(*_metrics.request_labels(servable, parsed["signature"]), "REST", code,
+                                         time.monotonic() - started)
+
+
+def error_reply(status: int, message: str) -> tuple[int, str, bytes]:
+    return status, "application/json", json.dumps({"error": message}).encode()
 
 
 def status_json(states: dict[int, _core.VersionState]) -> dict[str, Any]:
@@ -284,24 +327,69 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     server: RestServer
 
     def _body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks = []
-            while (size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)) > 0:
+        """The request body, read only while it stays within --max_request_bytes; BadRequest otherwise."""
+        limit = self.server.api.core.limits.max_request_bytes
+        too_big = BadRequest(f"The request body is over the --max_request_bytes limit of {limit} bytes.")
+        encoding = self.headers.get("Transfer-Encoding")
+        if encoding is not None:
+            if encoding.strip().lower() != "chunked":
+                raise BadRequest(f"Transfer-Encoding '{encoding[:40]}' is not supported; send 'chunked' or a "
+                                 f"Content-Length.")
+            chunks, total = [], 0
+            while True:
+                line = self.rfile.readline(_MAX_LINE + 1)
+                try:
+                    size = int(line.split(b";")[0].strip(), 16)
+                except ValueError:
+                    size = -1
+                if size < 0 or not line.endswith(b"\n"):
+                    raise BadRequest("A chunk size is not a hexadecimal number on its own line.")
+                if size == 0:
+                    break
+                total += size
+                if total > limit:
+                    raise too_big
                 chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-            while self.rfile.readline().strip():
+                if len(chunks[-1]) < size or self.rfile.readline(3).strip():
+                    raise BadRequest("A chunk is shorter than its size or not followed by CRLF.")
+            while self.rfile.readline(_MAX_LINE + 1).strip():  # trailers
                 pass
             return b"".join(chunks)
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        lengths = set(self.headers.get_all("Content-Length") or [])
+        if not lengths:
+            return b""
+        text = lengths.pop().strip()
+        if lengths or not (text.isascii() and text.isdigit()):
+            raise BadRequest("The Content-Length header is not one number of bytes.")
+        if int(text) > limit:
+            raise too_big
+        body = self.rfile.read(int(text))
+        if len(body) < int(text):
+            raise BadRequest("The body is shorter than its Content-Length.")
+        return body
+
+    def _peer_gone(self) -> bool:
+        """Whether the client has closed its connection (read end at EOF)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
 
     def _serve(self) -> None:
-        body = self._body()
+        try:
+            body = self._body()
+        except BadRequest as e:
+            self.close_connection = True  # the rest of this connection's bytes cannot be framed
+            self._reply(*error_reply(400, str(e)))
+            return
         if self.server.stopping.is_set():
-            status, kind = 503, "application/json"
-            payload = json.dumps({"error": "The server is shutting down; retry on another replica."}).encode()
             self.close_connection = True
-        else:
-            status, kind, payload = self.server.api.handle(self.command, self.path, body)
+            self._reply(*error_reply(503, "The server is shutting down; retry on another replica."))
+            return
+        self._reply(*self.server.api.handle(self.command, self.path, body, self._peer_gone))
+
+    def _reply(self, status: int, kind: str, payload: bytes) -> None:
         self.send_response(status)
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(payload)))
@@ -329,6 +417,14 @@ class RestServer(http.server.ThreadingHTTPServer):
 
     def start(self) -> None:
         self._thread.start()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that broke (the client left mid-reply) or failed: one log line, no traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            _log.debug("REST connection from %s closed: %s", client_address[0], error)
+        else:
+            _log.error("REST connection from %s failed: %r", client_address[0], error)
 
     def stop(self) -> None:
         self.stopping.set()

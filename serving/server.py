@@ -40,7 +40,7 @@ import time
 from typing import Any, Sequence
 
 BINARY = "tensorflow_model_server"
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # largest gRPC response
 IMPLEMENTATIONS = ("auto", "binary", "python")
 
 _log = logging.getLogger("serving.server")
@@ -67,6 +67,22 @@ class ServerConfig:
     rest_api_timeout_in_ms: int = 30000
     grpc_max_threads: int = dataclasses.field(default_factory=lambda: 4 * (os.cpu_count() or 1))
     bind_address: str = "0.0.0.0"
+    # Request limits of the built-in server (serving._core.RequestLimits; tensorflow_model_server has none of these)
+    max_inflight_requests: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
+    max_queued_requests: int = dataclasses.field(default_factory=lambda: 16 * (os.cpu_count() or 1))
+    max_request_bytes: int = 64 * 1024 * 1024
+    max_request_pixels: int = 50_000_000
+    max_json_depth: int = 64
+
+    def request_limits(self) -> Any:
+        """These flags as serving._core.RequestLimits; a value under 1 raises ServerConfigError."""
+        from serving import _core
+
+        values = {field.name: getattr(self, field.name) for field in dataclasses.fields(_core.RequestLimits)}
+        for name, value in values.items():
+            if value < 1:
+                raise ServerConfigError(f"--{name} must be at least 1, got {value}.")
+        return _core.RequestLimits(**values)
 
 
 class ServerConfigError(ValueError):
@@ -165,6 +181,7 @@ def serve(config: ServerConfig) -> ModelServer:
     from serving import _batching, _core, _grpc, _metrics, _protos, _rest
 
     try:
+        limits = config.request_limits()
         sources = _sources(config)
         options = _batching.read_batching_parameters(config.batching_parameters_file) if config.enable_batching \
             else None
@@ -178,12 +195,13 @@ def serve(config: ServerConfig) -> ModelServer:
     if options is not None:
         batcher = _batching.BatchScheduler(
             options, on_batch=lambda key, rows: metrics.observe_batch(key[0], key[2], rows))
-    core = _core.ServingCore(manager, batcher, max_threads=config.grpc_max_threads)
+    core = _core.ServingCore(manager, batcher, limits)
     message_options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                       ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                       ("grpc.max_receive_message_length", limits.max_request_bytes),
                        ("grpc.so_reuseport", 0)]  # a second server on a taken port fails instead of sharing it
     grpc_server = grpc.server(futures.ThreadPoolExecutor(config.grpc_max_threads, thread_name_prefix="grpc"),
-                              options=message_options)
+                              options=message_options,  # RPCs beyond these wait for no thread: RESOURCE_EXHAUSTED
+                              maximum_concurrent_rpcs=config.grpc_max_threads + limits.max_queued_requests)
     _grpc.add_services(grpc_server, core, metrics)
     rest = None
     try:
@@ -250,6 +268,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="how often the base paths are checked for new versions")
     add("--rest_api_timeout_in_ms", type=int, default=30000, help="deadline of a REST request")
     add("--grpc_max_threads", type=int, default=None, help="gRPC worker threads (default 4 per CPU)")
+    limits = ServerConfig()
+    add("--max_inflight_requests", type=int, default=limits.max_inflight_requests,
+        help="built-in server: predict requests decoding or in an unbatched model call at once; one per CPU "
+             "by default")
+    add("--max_queued_requests", type=int, default=limits.max_queued_requests,
+        help="built-in server: predict requests waiting for a slot; more are refused at once with "
+             "RESOURCE_EXHAUSTED / HTTP 429; 16 per CPU by default")
+    add("--max_request_bytes", type=int, default=limits.max_request_bytes,
+        help="built-in server: largest REST body or gRPC message, and largest tensor a request may decode to")
+    add("--max_request_pixels", type=int, default=limits.max_request_pixels,
+        help="built-in server: most image pixels per request, all its images together (read from the headers)")
+    add("--max_json_depth", type=int, default=limits.max_json_depth,
+        help="built-in server: deepest nesting of a REST request's JSON")
     add("--implementation", choices=IMPLEMENTATIONS, default="auto",
         help=f"auto: {BINARY} when it is on PATH, else the built-in server")
     return parser
@@ -281,7 +312,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         enable_batching=args.enable_batching, batching_parameters_file=args.batching_parameters_file,
         monitoring_config_file=args.monitoring_config_file,
         file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
-        rest_api_timeout_in_ms=args.rest_api_timeout_in_ms)
+        rest_api_timeout_in_ms=args.rest_api_timeout_in_ms, max_inflight_requests=args.max_inflight_requests,
+        max_queued_requests=args.max_queued_requests, max_request_bytes=args.max_request_bytes,
+        max_request_pixels=args.max_request_pixels, max_json_depth=args.max_json_depth)
     if args.grpc_max_threads is not None:
         config.grpc_max_threads = args.grpc_max_threads
     return config
