@@ -13,6 +13,7 @@ One model:
 What the pusher writes (version policy, labels, batching, Prometheus metrics):
 
     python -m serving.server --model_config_file=out/serving/models.config \\
+        --model_config_file_poll_wait_seconds=10 \\
         --enable_batching --batching_parameters_file=out/serving/batching_parameters.txt \\
         --monitoring_config_file=out/serving/monitoring.config
     curl localhost:8501/v1/models/colorizer                      # version status
@@ -22,7 +23,11 @@ What the pusher writes (version policy, labels, batching, Prometheus metrics):
 Stock TF Serving in Docker: serving/docker-compose.yml; on Kubernetes: serving/kubernetes.yaml.
 `--implementation=python` forces the built-in server, `--implementation=binary` requires the binary.
 Flags that only tensorflow_model_server knows are passed through to it. New integer-named version
-folders are picked up every --file_system_poll_wait_seconds; SIGTERM or SIGINT stops gracefully.
+folders are picked up every --file_system_poll_wait_seconds, a changed --model_config_file (the
+pusher's labels) every --model_config_file_poll_wait_seconds; SIGTERM or SIGINT stops gracefully.
+The built-in server alone has --grpc_bind_address/--rest_bind_address (default 0.0.0.0, every
+address) and --allow_reload_config (HandleReloadConfigRequest, off by default) with
+--reload_config_allowed_root.
 """
 
 from __future__ import annotations

@@ -607,7 +607,7 @@ def test_cli_mistakes_exit_2_with_one_sentence(tmp_path, capsys, monkeypatch):
                                                    "--port and an address of this machine as --grpc_bind_address.")
         assert server_lib.main([f"--model_base_path={tmp_path / 'colorizer'}", "--port=0",
                                 f"--rest_api_port={port}"]) == 2
-        assert "Cannot listen for REST on port" in capsys.readouterr().err
+        assert "Cannot listen for REST on 0.0.0.0 port" in capsys.readouterr().err
 
 
 def test_main_serves_until_sigterm_and_stops_gracefully(tmp_path):
