@@ -399,7 +399,7 @@ class ModelManager:
                 if old is not None:  # a new folder: its versions replace the old folder's once loaded
                     _log.info("Model '%s' moves from %s to %s", source.name, old.source.base_path, source.base_path)
                     self._poll_model(model)
-                    for version in sorted(old.versions):
+                    for version in sorted(set(old.versions) - set(model.versions)):
                         self._set_state(old, version, VersionState("END"))
             self._models = models
         self.poll()
