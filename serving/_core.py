@@ -31,6 +31,7 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
+from schemas.serving import MAX_VERSION
 from serving import _batching, _protos
 
 _log = logging.getLogger("serving.server")
@@ -45,7 +46,6 @@ CODE_NAMES = {0: "OK", 1: "CANCELLED", 2: "UNKNOWN", 3: "INVALID_ARGUMENT", 4: "
               15: "DATA_LOSS", 16: "UNAUTHENTICATED"}
 CODE_NUMBERS = {name: number for number, name in CODE_NAMES.items()}
 _VERSION_DIR = re.compile(r"^[0-9]+$")
-MAX_VERSION = 2**63 - 1  # versions are int64 in TF Serving's protos
 _TF_NOISE = re.compile(r"^(Graph execution error:|Detected at node|<stack traces unavailable>|File \")")
 _ASSERTION = "assertion failed: ["
 

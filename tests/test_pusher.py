@@ -265,3 +265,9 @@ def test_a_pusher_losing_the_rename_race_publishes_the_next_free_version(first_p
     entry, = _models_config(serving).model_config_list.config
     assert dict(entry.version_labels) == {"stable": 2, "canary": 3}
     assert _leftovers(serving) == []
+
+
+def test_versions_are_the_folder_names_servers_read_as_versions(tmp_path):
+    for name in ("1", "7", "99999999999999999999", "\u00b2", ".tmp-8-1", "notes"):
+        (tmp_path / name).mkdir()
+    assert pusher.list_versions(str(tmp_path)) == [1, 7]

@@ -15,12 +15,13 @@ import re
 import tensorflow as tf
 
 from schemas import BATCHING_FILE, MODELS_CONFIG_FILE, MONITORING_FILE
-from schemas.serving import PROMETHEUS_PATH
+from schemas.serving import MAX_VERSION, PROMETHEUS_PATH
 
 DEFAULT_BATCHING = {"max_batch_size": 8, "batch_timeout_micros": 2000, "max_enqueued_batches": 100,
                     "num_batch_threads": 2}
 """TF Serving BatchingParameters fields (all integers) and their defaults here."""
 TMP_PREFIX = ".tmp-"
+_VERSION_RE = re.compile(r"^[0-9]+$")
 _TMP_RE = re.compile(r"^\.tmp-(\d+)-(\d+)$")
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 """A folder name TF Serving accepts as a model name."""
@@ -30,9 +31,11 @@ config a server still holds names until it re-reads models.config."""
 
 
 def list_versions(model_dir: str) -> list[int]:
+    """The version folders' numbers, as servers read them: plain numbers up to int64's maximum."""
     if not tf.io.gfile.isdir(model_dir):
         return []
-    return sorted(int(n.rstrip("/")) for n in tf.io.gfile.listdir(model_dir) if n.rstrip("/").isdigit())
+    names = (n.rstrip("/") for n in tf.io.gfile.listdir(model_dir))
+    return sorted(int(n) for n in names if _VERSION_RE.match(n) and int(n) <= MAX_VERSION)
 
 
 def absolute(path: str) -> str:
