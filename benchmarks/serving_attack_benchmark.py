@@ -335,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write every row to this JSON file")
     args = parser.parse_args(argv)
 
+    load_before = os.getloadavg()
     workdir = args.workdir or tempfile.mkdtemp(prefix="serving_attack_bench_")
     os.makedirs(workdir, exist_ok=True)
     base = _export(workdir, args.image_size)
@@ -391,9 +392,13 @@ def main(argv: list[str] | None = None) -> int:
         failures = {**r["during"]["failures"], **((r["after"] or {}).get("failures") or {})}
         if r["note"] or failures:
             print(f"  {r['attack']}: {r['note']}" + (f"; good failures {failures}" if failures else ""))
+    load = {"start": load_before, "end": os.getloadavg()}
+    print(f"  load average (1, 5, 15 min) at the start {', '.join(f'{v:.2f}' for v in load['start'])}, "
+          f"at the end {', '.join(f'{v:.2f}' for v in load['end'])}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": machine_info(), "args": vars(args), "crashed": crashed, "rows": rows}, f, indent=1)
+            json.dump({"machine": machine_info(), "args": vars(args), "load_average": load, "crashed": crashed,
+                       "rows": rows}, f, indent=1)
     flood = next((r for r in rows if r["attack"] == "flood"), None)
     peak = max(r["peak_rss_bytes"] for r in rows)
     print(f"peak server RSS {peak / 1e6:.0f} MB; " + (crashed or "no crash") + "; " +

@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--grpc_max_threads", type=int, default=None, help="gRPC worker threads (default 4 per CPU)")
     limits = ServerConfig()
     add("--max_inflight_requests", type=int, default=limits.max_inflight_requests,
-        help="built-in server: predict requests decoding or in an unbatched model call at once; one per CPU "
+        help="built-in server: small predict requests decoding or in an unbatched model call at once; one per CPU "
              "by default")
     add("--max_queued_requests", type=int, default=limits.max_queued_requests,
         help="built-in server: predict requests waiting for a slot; more are refused at once with "

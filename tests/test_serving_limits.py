@@ -227,9 +227,9 @@ def test_a_request_found_large_only_once_decoded_leaves_its_slot_or_is_refused(s
     config = serving_config(model_base_path=slow_base, max_inflight_requests=1, max_queued_requests=2,
                             max_inflight_pixels=10_000)
     encoded = b64(LARGE)["b64"]
-    # a JSON escape hides the image header from the scan before parsing; only decoding finds its size
 
     def hidden(micros: int) -> bytes:
+        """A JSON escape hides the image header from the scan before parsing; only decoding finds its size."""
         return ('{"signature_name": "hold", "instances": [{"micros": %d, "image_bytes": {"b64": "\\u00%x%s"}}]}'
                 % (micros, ord(encoded[0]), encoded[1:])).encode()
 
