@@ -3,7 +3,9 @@
 This is the ingest hot path of example_gen: every file found in a source
 folder goes through `decode_and_crop`. It never raises anything but
 `RejectedImage`, whose `reason` is one of `REASONS` (counted per reason by
-the Beam job) and whose `detail` is one sentence for the rejection report.
+the Beam job) and whose `detail` is one sentence for the rejection report,
+and `MemoryError`, which says nothing about the file (the worker was short
+of memory at that moment): example_gen retries it.
 
 Safety: formats are limited to `FORMATS`; the pixel count is checked from
 the header before any pixel is decoded, independently of Pillow's global
@@ -126,10 +128,10 @@ def decode_and_crop(
 
 
 def _guarded(fn: Callable[[], T]) -> T:
-    """Runs fn, turning every exception into a RejectedImage."""
+    """Runs fn, turning every exception but MemoryError into a RejectedImage."""
     try:
         return fn()
-    except RejectedImage:
+    except (RejectedImage, MemoryError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise RejectedImage("decompression_bomb", f"The image is too large to decode safely: {_short(e)}.") from e

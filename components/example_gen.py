@@ -37,6 +37,7 @@ import logging
 import os
 import posixpath
 import sys
+import time
 from typing import Iterable, NamedTuple
 
 import apache_beam as beam
@@ -57,6 +58,9 @@ from schemas.artifacts import (
 )
 
 SPLITS_DEFAULT = "train=80,eval=10,test=10"
+MEMORY_RETRY_WAITS_S = (1.0, 5.0)
+"""Waits before decoding a file again after a MemoryError; when the last try fails too, it is rejected as
+out_of_memory (not corrupt: the file may be fine on a worker with more memory)."""
 AB_BIN = 4  # width, in quantised a/b units, of the 2-D ab histogram's bins
 _NAMESPACE = "example_gen"
 
@@ -263,9 +267,29 @@ class ToExample(beam.DoFn):
 
             yield beam.pvalue.TaggedOutput("stats", GlobalWindows.windowed_value(("partial", self._bundle_stats)))
 
+    def _decode(self, data: bytes):
+        """decode_and_crop, tried again after each of MEMORY_RETRY_WAITS_S on MemoryError; None if it persists."""
+        from components.decode import decode_and_crop
+
+        cfg = self._config
+        for wait in (*MEMORY_RETRY_WAITS_S, None):
+            try:
+                return decode_and_crop(
+                    data,
+                    size=cfg.stored_size,
+                    min_side=cfg.min_side,
+                    max_pixels=cfg.max_pixels,
+                    min_colorfulness=cfg.min_colorfulness,
+                )
+            except MemoryError:
+                if wait is None:
+                    return None
+                Metrics.counter(_NAMESPACE, "decode_memory_retries").inc()
+                time.sleep(wait)
+
     def process(self, item):
         from components.color import unpack
-        from components.decode import RejectedImage, decode_and_crop
+        from components.decode import RejectedImage
         from schemas import encode_png, make_example
 
         sha256, ref = item
@@ -277,16 +301,16 @@ class ToExample(beam.DoFn):
             yield reject(ref, "unreadable", f"The file cannot be read ({e}).")
             return
         try:
-            crop, colorfulness = decode_and_crop(
-                data,
-                size=cfg.stored_size,
-                min_side=cfg.min_side,
-                max_pixels=cfg.max_pixels,
-                min_colorfulness=cfg.min_colorfulness,
-            )
+            decoded = self._decode(data)
         except RejectedImage as e:
             yield reject(ref, e.reason, e.detail)
             return
+        if decoded is None:
+            tries = len(MEMORY_RETRY_WAITS_S) + 1
+            yield reject(ref, "out_of_memory", f"Decoding ran out of memory on all {tries} tries; ingest this file "
+                         "on workers with more memory or lower --max_pixels.")
+            return
+        crop, colorfulness = decoded
         packed = self._lab.packed(crop)
         example = make_example(
             lab_png=encode_png(unpack(packed)),

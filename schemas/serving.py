@@ -19,6 +19,8 @@ The evaluator skips historical photos over it, as the serving graph refuses them
 SERVED_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 """Files whose formats `serving_default` decodes (JPEG, PNG, GIF, BMP): what serving.client sends from a folder."""
 
+MAX_VERSION = 2**63 - 1
+"""Largest version folder name a server reads (versions are int64 in TF Serving's protos); larger ones are skipped."""
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 """Where TF Serving looks for warmup requests, relative to the version dir."""
 PROMETHEUS_PATH = "/monitoring/prometheus/metrics"

@@ -4,8 +4,12 @@ Generic over SavedModels: input and output names, dtypes and shapes come from ea
 A poll thread lists every model base path each --file_system_poll_wait_seconds. A new
 integer-named version folder is loaded fully and warmed up with its
 assets.extra/tf_serving_warmup_requests before it is swapped in; then versions beyond the
-model_version_policy are unloaded. A version that fails to load is logged and skipped (retried only
-if its folder changes) while the versions already loaded keep serving.
+model_version_policy are unloaded, except a version that a label names: it stays loaded until the
+label moves, and a label moves to a version only once that version has loaded (TF Serving's rule for
+re-assigned labels), so a request naming a label never meets an unloaded version. A version that fails
+to load is logged and skipped while the versions already loaded keep serving; it is retried when any
+file under its folder changes (a folder written file by file). Folder names that are not plain
+64-bit version numbers are skipped with one log line.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
+from schemas.serving import MAX_VERSION
 from serving import _batching, _protos
 
 _log = logging.getLogger("serving.server")
@@ -282,6 +287,21 @@ def check_base_path(name: str, base_path: str) -> None:
                                       f"path that holds the numbered version folders.")
 
 
+def check_under_root(source: ModelSource, root: str) -> None:
+    """A config reload may name only base paths inside `root` (symlinks resolved). Checked before anything else
+    about the path, with the same message whether or not it exists, so a caller cannot probe the disk."""
+    path = source.base_path
+    if "://" in path or "://" in root:
+        parts = path.rstrip("/").split("/")
+        inside = ".." not in parts and (path.rstrip("/") + "/").startswith(root.rstrip("/") + "/")
+    else:
+        path, root = os.path.realpath(path), os.path.realpath(root)
+        inside = os.path.commonpath([path, root]) == root
+    if not inside:
+        raise _protos.ConfigFileError(f"The base_path of model '{source.name}' is outside the folder this server "
+                                      f"reloads models from; name a model folder under --reload_config_allowed_root.")
+
+
 def sources_from_config(config: model_server_config_pb2.ModelServerConfig, where: str) -> list[ModelSource]:
     """ModelSources from a ModelServerConfig; anything TF Serving would reject raises ConfigFileError."""
     if config.WhichOneof("config") != "model_config_list":
@@ -336,15 +356,21 @@ class _Model:
         self.versions: dict[int, Servable] = {}  # replaced, never mutated: readers take a snapshot
         self.states: dict[int, VersionState] = {}
         self.failed: dict[int, tuple] = {}
+        self.labels: dict[str, int] = {}  # the labels in effect: each names a loaded version once it has one
         self.warned_empty = False
+        self.skipped_names: set[str] = set()
+        self.waiting_labels: set[tuple[str, int]] = set()
 
 
 def _fingerprint(path: str) -> tuple:
+    """Every file under a version folder with its size and modification time: any change retries a failed load."""
     try:
-        entries = sorted(tf.io.gfile.listdir(path))
-        pb = os.path.join(path, "saved_model.pb")
-        stat = tf.io.gfile.stat(pb) if tf.io.gfile.exists(pb) else None
-        return tuple(entries), (stat.length, stat.mtime_nsec) if stat else None
+        files = []
+        for folder, _, names in tf.io.gfile.walk(path):
+            for name in names:
+                stat = tf.io.gfile.stat(os.path.join(folder, name))
+                files.append((os.path.relpath(os.path.join(folder, name), path), stat.length, stat.mtime_nsec))
+        return tuple(sorted(files))
     except tf.errors.OpError:
         return ()
 
@@ -388,10 +414,16 @@ class ModelManager:
                 _log.info("Unloading model '%s': no longer in the config", name)
                 del models[name]
             for source in sources:
-                if source.name in models:
-                    models[source.name].source = source
-                else:
-                    models[source.name] = _Model(source)
+                old = models.get(source.name)
+                if old is not None and old.source.base_path == source.base_path:
+                    old.source = source
+                    continue
+                model = models[source.name] = _Model(source)
+                if old is not None:  # a new folder: its versions replace the old folder's once loaded
+                    _log.info("Model '%s' moves from %s to %s", source.name, old.source.base_path, source.base_path)
+                    self._poll_model(model)
+                    for version in sorted(set(old.versions) - set(model.versions)):
+                        self._set_state(old, version, VersionState("END"))
             self._models = models
         self.poll()
 
@@ -416,10 +448,19 @@ class ModelManager:
         on_disk = {}
         for entry in names:
             entry = entry.rstrip("/")
+            if not _VERSION_DIR.match(entry):
+                continue
             path = os.path.join(source.base_path, entry)
-            if _VERSION_DIR.match(entry) and tf.io.gfile.isdir(path):
+            if int(entry) > MAX_VERSION:
+                if entry not in model.skipped_names:
+                    model.skipped_names.add(entry)
+                    _log.warning("Skipping %s of model '%s': version folder names must be numbers up to %d",
+                                 path, source.name, MAX_VERSION)
+                continue
+            if tf.io.gfile.isdir(path):
                 on_disk[int(entry)] = path
         if not on_disk:
+            self._move_labels(model)
             if not model.warned_empty:
                 _log.warning("No version folders found under %s for model '%s' yet", source.base_path, source.name)
                 model.warned_empty = True
@@ -428,10 +469,12 @@ class ModelManager:
         for version, fingerprint in list(model.failed.items()):
             if version not in on_disk or _fingerprint(on_disk[version]) != fingerprint:
                 del model.failed[version]
-        aspired = source.aspired(set(on_disk) - set(model.failed))
+        candidates = set(on_disk) - set(model.failed)
+        aspired = source.aspired(candidates) | ({version for _, version in source.labels} & candidates)
         for version in sorted(aspired - set(model.versions), reverse=True):
             self._load(model, version, on_disk[version])
-        retired = set(model.versions) - aspired
+        self._move_labels(model)
+        retired = set(model.versions) - aspired - set(model.labels.values())
         if retired and retired == set(model.versions):
             return  # never unload the last serving version while nothing aspired has loaded
         for version in sorted(retired):
@@ -440,17 +483,35 @@ class ModelManager:
             self._set_state(model, version, VersionState("END"))
             _log.info("Unloaded model '%s' version %d", source.name, version)
 
+    @staticmethod
+    def _move_labels(model: _Model) -> None:
+        """Points each configured label at its version once that version is loaded; until then a label in use
+        keeps its loaded version (which therefore stays loaded) and a new label waits."""
+        labels = {}
+        for label, version in model.source.labels:
+            current = model.labels.get(label)
+            if version in model.versions or current is None or current not in model.versions:
+                labels[label] = version
+            else:
+                labels[label] = current
+                if (label, version) not in model.waiting_labels:
+                    model.waiting_labels.add((label, version))
+                    _log.info("Label '%s' of model '%s' stays on version %d until version %d has loaded",
+                              label, model.source.name, current, version)
+        model.labels = labels
+
     def _load(self, model: _Model, version: int, path: str) -> None:
         name = model.source.name
         self._set_state(model, version, VersionState("LOADING"))
         started = time.monotonic()
+        fingerprint = _fingerprint(path)  # before loading: a file that changes during the load retries it
         try:
             servable = Servable(name, version, path)
             warmed = servable.warm_up()
         except Exception as e:  # noqa: BLE001 - a broken version folder is skipped, whatever broke it
             message = first_sentence(e.message if isinstance(e, tf.errors.OpError) else str(e))
             code = e.code if isinstance(e, ServingError) else "UNKNOWN"
-            model.failed[version] = _fingerprint(path)
+            model.failed[version] = fingerprint
             self._set_state(model, version, VersionState("END", code, f"Loading {path} failed: {message}"))
             _log.error("Skipping model '%s' version %d: loading %s failed: %s", name, version, path, message)
             return
@@ -470,20 +531,25 @@ class ModelManager:
         return model
 
     def _label_version(self, model: _Model, label: str) -> int:
-        labels = dict(model.source.labels)
-        if label not in labels:
-            known = ", ".join(sorted(labels)) or "none"
+        configured = dict(model.source.labels)
+        if label not in configured:
+            known = ", ".join(sorted(configured)) or "none"
             raise ServingError("INVALID_ARGUMENT", f"Model '{model.source.name}' has no version label '{label}'; "
                                                    f"its labels are: {known}.")
-        return labels[label]
+        return model.labels.get(label, configured[label])
 
     def resolve(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
         """The servable a request names: a version, a label, or (neither) the highest loaded version."""
         model = self._model(name)
         versions = model.versions
+        if label:
+            for _ in range(2):  # labels move before the versions they left unload: a second read sees both moved
+                version = self._label_version(model, label)
+                versions = model.versions
+                if version in versions:
+                    break
         loaded = ", ".join(str(v) for v in sorted(versions)) or "none"
         if label:
-            version = self._label_version(model, label)
             if version not in versions:
                 raise ServingError("NOT_FOUND", f"Version {version} (label '{label}') of model '{name}' is not "
                                                 f"loaded; loaded versions: {loaded}.")

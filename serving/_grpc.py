@@ -93,10 +93,11 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    """GetModelStatus, and HandleReloadConfigRequest to swap the model list at run time."""
+    """GetModelStatus, and HandleReloadConfigRequest to swap the model list at run time: only when the server
+    runs with --allow_reload_config (`reload_root` set), and only for base paths under that folder."""
 
-    def __init__(self, core: _core.ServingCore):
-        self.core = core
+    def __init__(self, core: _core.ServingCore, reload_root: str | None = None):
+        self.core, self.reload_root = core, reload_root
 
     def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest,  # noqa: N802
                        context: grpc.ServicerContext):
@@ -107,9 +108,14 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
     def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest,  # noqa: N802
                                   context: grpc.ServicerContext):
+        if self.reload_root is None:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "HandleReloadConfigRequest is off on this server; "
+                                                             "start it with --allow_reload_config to use it.")
         response = model_management_pb2.ReloadConfigResponse()
         try:
             sources = _core.sources_from_config(request.config, "The ReloadConfigRequest")
+            for source in sources:  # checked before any file is looked at: no probing outside the root
+                _core.check_under_root(source, self.reload_root)
             for source in sources:
                 _core.check_base_path(source.name, source.base_path)
             self.core.manager.set_sources(sources)
@@ -119,6 +125,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return response
 
 
-def add_services(server: grpc.Server, core: _core.ServingCore, metrics: _metrics.Metrics) -> None:
+def add_services(server: grpc.Server, core: _core.ServingCore, metrics: _metrics.Metrics,
+                 reload_root: str | None = None) -> None:
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(core, metrics), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core, reload_root), server)

@@ -13,6 +13,7 @@ One model:
 What the pusher writes (version policy, labels, batching, Prometheus metrics):
 
     python -m serving.server --model_config_file=out/serving/models.config \\
+        --model_config_file_poll_wait_seconds=10 \\
         --enable_batching --batching_parameters_file=out/serving/batching_parameters.txt \\
         --monitoring_config_file=out/serving/monitoring.config
     curl localhost:8501/v1/models/colorizer                      # version status
@@ -22,7 +23,11 @@ What the pusher writes (version policy, labels, batching, Prometheus metrics):
 Stock TF Serving in Docker: serving/docker-compose.yml; on Kubernetes: serving/kubernetes.yaml.
 `--implementation=python` forces the built-in server, `--implementation=binary` requires the binary.
 Flags that only tensorflow_model_server knows are passed through to it. New integer-named version
-folders are picked up every --file_system_poll_wait_seconds; SIGTERM or SIGINT stops gracefully.
+folders are picked up every --file_system_poll_wait_seconds, a changed --model_config_file (the
+pusher's labels) every --model_config_file_poll_wait_seconds; SIGTERM or SIGINT stops gracefully.
+The built-in server alone has --grpc_bind_address/--rest_bind_address (default 0.0.0.0, every
+address) and --allow_reload_config (HandleReloadConfigRequest, off by default) with
+--reload_config_allowed_root.
 """
 
 from __future__ import annotations
@@ -52,7 +57,9 @@ class ServerConfig:
     """tensorflow_model_server's flags.
 
     rest_api_port: None turns REST off (the flag's 0); in this library 0 picks a free port, as
-    port=0 does for gRPC. bind_address is library-only (tests bind to loopback).
+    port=0 does for gRPC. bind_address is where both listen unless grpc_bind_address or
+    rest_bind_address says otherwise. reload_config_allowed_root None means the folder of
+    model_config_file (or the parent of model_base_path).
     """
 
     port: int = 8500
@@ -68,6 +75,11 @@ class ServerConfig:
     rest_api_timeout_in_ms: int = 30000
     grpc_max_threads: int = dataclasses.field(default_factory=lambda: 4 * (os.cpu_count() or 1))
     bind_address: str = "0.0.0.0"
+    # built-in server only: listening addresses and the config-reload RPC
+    grpc_bind_address: str | None = None
+    rest_bind_address: str | None = None
+    allow_reload_config: bool = False
+    reload_config_allowed_root: str | None = None
     # Request limits of the built-in server (serving._core.RequestLimits; tensorflow_model_server has none of these)
     max_inflight_requests: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
     max_queued_requests: int = dataclasses.field(default_factory=lambda: 16 * (os.cpu_count() or 1))
@@ -155,6 +167,22 @@ def _prometheus_path(config: ServerConfig) -> str | None:
     return monitoring.prometheus_config.path or _protos.DEFAULT_PROMETHEUS_PATH
 
 
+def _reload_root(config: ServerConfig) -> str | None:
+    """The folder that HandleReloadConfigRequest's base paths must lie under; None when the RPC is off."""
+    import tensorflow as tf
+
+    from serving import _core
+
+    if not config.allow_reload_config:
+        return None
+    root = config.reload_config_allowed_root or os.path.dirname(
+        _core.absolute_path(config.model_config_file or config.model_base_path or "."))
+    if not tf.io.gfile.isdir(root):
+        raise ServerConfigError(f"The reload root {root} is not a folder; pass the folder that holds the model base "
+                                f"paths as --reload_config_allowed_root.")
+    return _core.absolute_path(root)
+
+
 def _watch_config(config: ServerConfig, manager: Any, last: list, stop: threading.Event) -> None:
     """Re-reads --model_config_file every --model_config_file_poll_wait_seconds and applies changes."""
     from serving import _protos
@@ -188,6 +216,7 @@ def serve(config: ServerConfig) -> ModelServer:
         options = _batching.read_batching_parameters(config.batching_parameters_file) if config.enable_batching \
             else None
         prometheus_path = _prometheus_path(config)
+        reload_root = _reload_root(config)
     except _protos.ConfigFileError as e:
         raise ServerConfigError(str(e)) from None
     metrics = _metrics.Metrics()
@@ -204,22 +233,27 @@ def serve(config: ServerConfig) -> ModelServer:
     grpc_server = grpc.server(futures.ThreadPoolExecutor(config.grpc_max_threads, thread_name_prefix="grpc"),
                               options=message_options,  # RPCs beyond these wait for no thread: RESOURCE_EXHAUSTED
                               maximum_concurrent_rpcs=config.grpc_max_threads + limits.max_queued_requests)
-    _grpc.add_services(grpc_server, core, metrics)
+    _grpc.add_services(grpc_server, core, metrics, reload_root=reload_root)
     rest = None
+    grpc_host = config.grpc_bind_address or config.bind_address
+    rest_host = config.rest_bind_address or config.bind_address
     try:
         try:
-            grpc_port = grpc_server.add_insecure_port(f"{config.bind_address}:{config.port}")
+            host = f"[{grpc_host}]" if ":" in grpc_host and not grpc_host.startswith("[") else grpc_host
+            grpc_port = grpc_server.add_insecure_port(f"{host}:{config.port}")
         except RuntimeError:
             grpc_port = 0
         if not grpc_port:
-            raise ServerConfigError(f"Cannot listen for gRPC on port {config.port}; pass a free --port.")
+            raise ServerConfigError(f"Cannot listen for gRPC on {grpc_host} port {config.port}; pass a free --port "
+                                    f"and an address of this machine as --grpc_bind_address.")
         if config.rest_api_port is not None:
             api = _rest.RestApi(core, metrics, config.rest_api_timeout_in_ms, prometheus_path)
             try:
-                rest = _rest.RestServer((config.bind_address, config.rest_api_port), api)
+                rest = _rest.RestServer((rest_host, config.rest_api_port), api)
             except OSError as e:
-                raise ServerConfigError(f"Cannot listen for REST on port {config.rest_api_port} ({e.strerror}); "
-                                        f"pass a free --rest_api_port.") from None
+                raise ServerConfigError(f"Cannot listen for REST on {rest_host} port {config.rest_api_port} "
+                                        f"({e.strerror}); pass a free --rest_api_port and an IPv4 address of this "
+                                        f"machine as --rest_bind_address.") from None
     except ServerConfigError:
         grpc_server.stop(0)
         core.close()
@@ -289,7 +323,21 @@ def build_parser() -> argparse.ArgumentParser:
              "HTTP 429, and small requests never wait behind large ones; 2 million per CPU by default")
     add("--implementation", choices=IMPLEMENTATIONS, default="auto",
         help=f"auto: {BINARY} when it is on PATH, else the built-in server")
+    # built-in server only (BUILT_IN_ONLY): where it listens, and the config-reload RPC
+    add("--grpc_bind_address", default="0.0.0.0", help="address gRPC listens on; 127.0.0.1 for this machine only")
+    add("--rest_bind_address", default="0.0.0.0", help="IPv4 address REST listens on; 127.0.0.1 for this "
+                                                        "machine only")
+    add("--allow_reload_config", type=_bool, nargs="?", const=True, default=False,
+        help="answer ModelService.HandleReloadConfigRequest; off, it answers PERMISSION_DENIED")
+    add("--reload_config_allowed_root",
+        help="with --allow_reload_config, every base path a reload names must lie under this folder "
+             "(default: the folder of --model_config_file, or the parent of --model_base_path)")
     return parser
+
+
+BUILT_IN_ONLY = ("grpc_bind_address", "rest_bind_address", "allow_reload_config", "reload_config_allowed_root",
+                 "max_inflight_requests", "max_queued_requests", "max_request_bytes", "max_request_pixels",
+                 "max_json_depth", "max_inflight_pixels")
 
 
 def tensorflow_model_server_argv(args: argparse.Namespace, passthrough: Sequence[str] = ()) -> list[str]:
@@ -321,7 +369,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         rest_api_timeout_in_ms=args.rest_api_timeout_in_ms, max_inflight_requests=args.max_inflight_requests,
         max_queued_requests=args.max_queued_requests, max_request_bytes=args.max_request_bytes,
         max_request_pixels=args.max_request_pixels, max_json_depth=args.max_json_depth,
-        max_inflight_pixels=args.max_inflight_pixels)
+        max_inflight_pixels=args.max_inflight_pixels, grpc_bind_address=args.grpc_bind_address,
+        rest_bind_address=args.rest_bind_address, allow_reload_config=args.allow_reload_config,
+        reload_config_allowed_root=args.reload_config_allowed_root)
     if args.grpc_max_threads is not None:
         config.grpc_max_threads = args.grpc_max_threads
     return config
@@ -336,6 +386,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     binary = shutil.which(BINARY) if args.implementation != "python" else None
+    changed = [flag for flag in BUILT_IN_ONLY if getattr(args, flag) != parser.get_default(flag)]
+    if binary and changed:
+        print(f"--{changed[0]} is a flag of the built-in server only; drop it or pass --implementation=python.",
+              file=sys.stderr)
+        return 2
     if binary:
         command = tensorflow_model_server_argv(args, passthrough)
         print("Running " + " ".join(command), file=sys.stderr, flush=True)

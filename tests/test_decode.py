@@ -232,14 +232,21 @@ def test_gray_images_pass_when_no_colour_is_required(bad):
         assert crop.shape == (SIZE, SIZE, 3) and score < 1.0, name
 
 
-def test_unexpected_decoder_errors_become_corrupt(monkeypatch, odd):
+def test_unexpected_decoder_errors_become_corrupt_but_memory_errors_are_left_to_retry(monkeypatch, odd):
     def broken(self):
-        raise MemoryError("out of memory in decoder")
+        raise RuntimeError("decoder state machine broke")
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", broken)
     with pytest.raises(RejectedImage) as caught:
         load_rgb(odd["stripes.bmp"], min_side=SIZE, max_pixels=LIMITS["max_pixels"])
-    assert caught.value.reason == "corrupt" and "out of memory" in caught.value.detail
+    assert caught.value.reason == "corrupt" and "state machine broke" in caught.value.detail
+
+    def short_of_memory(self):
+        raise MemoryError("out of memory in decoder")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", short_of_memory)
+    with pytest.raises(MemoryError):  # says nothing about the file: example_gen decodes it again
+        decode_and_crop(odd["stripes.bmp"], **LIMITS)
 
 
 def test_rejected_image_carries_reason_and_detail():

@@ -124,6 +124,51 @@ def test_to_example_writes_decodable_lab_and_rejects_with_reason(tmp_path):
         )
 
 
+def test_a_memory_error_while_decoding_is_retried_and_counted_apart_from_corrupt_files(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from components import decode
+
+    names = ("flaky.png", "hopeless.png", "fine.png")
+    for i, name in enumerate(names):
+        rgb = np.zeros((80, 80, 3), np.uint8)
+        rgb[:, :40] = (200, 30 + i, 40)
+        rgb[:, 40:] = (30, 60, 210)
+        Image.fromarray(rgb).save(tmp_path / name)
+    contents = {(tmp_path / name).read_bytes(): name for name in names}
+    calls = {name: 0 for name in names}
+    real = decode.decode_and_crop
+
+    def short_of_memory(data, **kwargs):  # flaky: once; hopeless: every time
+        name = contents[data]
+        calls[name] += 1
+        if name == "hopeless.png" or (name == "flaky.png" and calls[name] == 1):
+            raise MemoryError()
+        return real(data, **kwargs)
+
+    monkeypatch.setattr(decode, "decode_and_crop", short_of_memory)
+    monkeypatch.setattr(example_gen, "MEMORY_RETRY_WAITS_S", (0.01, 0.05))
+    config = IngestConfig(sources=(("s", str(tmp_path)),), output_dir=str(tmp_path), stored_size=64, min_side=64)
+    refs = [(str(i) * 64, FileRef("s", n, str(tmp_path / n))) for i, n in enumerate(names)]
+    with TestPipeline() as p:
+        out = p | beam.Create(refs) | beam.ParDo(example_gen.ToExample(config)).with_outputs(
+            "rejected", "stats", main="examples"
+        )
+        assert_that(
+            out.rejected | beam.Map(lambda r: (os.path.basename(r["path"]), r["reason"], r["detail"])),
+            equal_to([("hopeless.png", "out_of_memory", "Decoding ran out of memory on all 3 tries; ingest this "
+                       "file on workers with more memory or lower --max_pixels.")]),
+            label="rejected",
+        )
+        assert_that(out.examples | beam.Map(lambda x: 1), equal_to([1, 1]), label="written")
+        assert_that(out.stats | beam.Map(lambda e: sum(e[1]["written"].values())), equal_to([2]), label="stats")
+    assert calls == {"flaky.png": 2, "hopeless.png": 3, "fine.png": 1}
+    counters = {r.key.metric.name: r.committed for r in p.result.metrics().query()["counters"]}
+    assert counters["rejected_out_of_memory"] == 1 and counters["decode_memory_retries"] == 3
+    assert "rejected_corrupt" not in counters and counters["written_train"] + counters.get(
+        "written_eval", 0) + counters.get("written_test", 0) == 2
+
+
 # ---------------------------------------------------------------- the real job
 
 

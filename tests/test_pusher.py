@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import sys
 
 import keras
 import pytest
+import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
@@ -88,7 +90,7 @@ def test_a_blessed_model_is_validated_in_a_fresh_process_and_published_as_versio
     entry, = _models_config(config.serving_dir).model_config_list.config
     assert (entry.name, entry.base_path, entry.model_platform) == ("colorizer", os.path.abspath(model_dir),
                                                                    "tensorflow")
-    assert entry.model_version_policy.latest.num_versions == 2
+    assert entry.model_version_policy.latest.num_versions == 3
     assert dict(entry.version_labels) == {"stable": 1, "canary": 1}
     with open(os.path.join(config.serving_dir, "batching_parameters.txt")) as f:
         assert f.read().split("\n")[:4] == ["max_batch_size { value: 8 }", "batch_timeout_micros { value: 2000 }",
@@ -182,3 +184,90 @@ def test_user_mistakes_exit_2_with_one_sentence(root, model_path, capsys):
         err = capsys.readouterr().err
         assert code == 2 and sentence in err and err.count("\n") == 1, (args, err)
     assert not os.path.exists(root / "serving_mistakes" / "colorizer")
+
+
+def _push_saved_model(first_push, tmp_path, capsys) -> tuple[str, list[str]]:
+    """A serving dir holding version 1 pushed from the first push's SavedModel; the argv that pushes it again."""
+    config, _ = first_push
+    saved_model = os.path.join(config.serving_dir, "colorizer", "1")
+    evaluation = _evaluation(tmp_path / "eval", True, saved_model)
+    serving = str(tmp_path / "serving")
+    argv = ["--model", saved_model, "--evaluation", evaluation, "--serving_dir", serving, "--no_validate"]
+    assert pusher.main(argv) == 0
+    capsys.readouterr()
+    return serving, argv
+
+
+def _leftovers(folder: str) -> list[str]:
+    return [name for _, dirs, files in os.walk(folder) for name in dirs + files
+            if name.endswith(".partial") or name.startswith(".tmp-")]
+
+
+@pytest.mark.parametrize("step", ["config write", "config rename after the version rename"])
+@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"),
+                                   tf.errors.ResourceExhaustedError(None, None, "No space left on device")],
+                         ids=["OSError", "ResourceExhaustedError"])
+def test_a_full_disk_leaves_the_old_version_and_config_and_says_so_in_one_sentence(
+        first_push, tmp_path, capsys, monkeypatch, step, error):
+    serving, argv = _push_saved_model(first_push, tmp_path, capsys)
+    with open(os.path.join(serving, "models.config")) as f:
+        before = f.read()
+    real_gfile, real_rename = tf.io.gfile.GFile, tf.io.gfile.rename
+
+    class FullDisk(real_gfile):
+        def write(self, data):
+            if ".models.config." in self.name and step == "config write":
+                raise error
+            return super().write(data)
+
+    def rename(source, target, overwrite=False):
+        if target.endswith("models.config") and step.startswith("config rename"):
+            raise error
+        return real_rename(source, target, overwrite)
+
+    monkeypatch.setattr(tf.io.gfile, "GFile", FullDisk)
+    monkeypatch.setattr(tf.io.gfile, "rename", rename)
+
+    code = pusher.main(argv)
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err == (f"pusher: nothing pushed: the disk under {serving} is full (models.config and the served versions "
+                   "are unchanged); free some space and push again.\n"
+                   f"pusher: wrote {argv[3]}/pushed.json\n")
+    assert sorted(os.listdir(os.path.join(serving, "colorizer"))) == ["1"]
+    with open(os.path.join(serving, "models.config")) as f:
+        assert f.read() == before
+    assert _leftovers(serving) == []
+
+
+@pytest.mark.parametrize("checked", [True, False], ids=["seen before the rename", "lost in the rename itself"])
+def test_a_pusher_losing_the_rename_race_publishes_the_next_free_version(first_push, tmp_path, capsys, monkeypatch,
+                                                                       checked):
+    serving, argv = _push_saved_model(first_push, tmp_path, capsys)
+    real_rename = tf.io.gfile.rename
+    raced = []
+
+    def rename(source, target, overwrite=False):
+        if target == os.path.join(serving, "colorizer", "2") and not raced:
+            raced.append(target)  # another pusher publishes version 2 first
+            shutil.copytree(os.path.join(serving, "colorizer", "1"), target)
+            overwrite = not checked  # not checked: the existence check passed before it, the rename itself fails
+        return real_rename(source, target, overwrite)
+
+    monkeypatch.setattr(tf.io.gfile, "rename", rename)
+
+    code = pusher.main(argv)
+
+    out = capsys.readouterr().out
+    assert code == 0 and raced and "pushed colorizer version 3" in out, out
+    assert sorted(os.listdir(os.path.join(serving, "colorizer"))) == ["1", "2", "3"]
+    entry, = _models_config(serving).model_config_list.config
+    assert dict(entry.version_labels) == {"stable": 2, "canary": 3}
+    assert _leftovers(serving) == []
+
+
+def test_versions_are_the_folder_names_servers_read_as_versions(tmp_path):
+    for name in ("1", "7", "99999999999999999999", "\u00b2", ".tmp-8-1", "notes"):
+        (tmp_path / name).mkdir()
+    assert pusher.list_versions(str(tmp_path)) == [1, 7]

@@ -12,6 +12,7 @@ import base64
 import functools
 import io
 import json
+import logging
 import os
 import shutil
 import signal
@@ -212,7 +213,8 @@ model_config_list {{
 @pytest.fixture(scope="module")
 def server(serving_dir):
     config = serving_config(model_config_file=os.path.join(serving_dir, "models.config"),
-                         monitoring_config_file=os.path.join(serving_dir, "monitoring.config"))
+                         monitoring_config_file=os.path.join(serving_dir, "monitoring.config"),
+                         allow_reload_config=True)
     with server_lib.serve(config) as running:
         yield running
 
@@ -601,10 +603,11 @@ def test_cli_mistakes_exit_2_with_one_sentence(tmp_path, capsys, monkeypatch):
         taken.listen()
         port = taken.getsockname()[1]
         assert server_lib.main([f"--model_base_path={tmp_path / 'colorizer'}", f"--port={port}"]) == 2
-        assert capsys.readouterr().err.strip() == f"Cannot listen for gRPC on port {port}; pass a free --port."
+        assert capsys.readouterr().err.strip() == (f"Cannot listen for gRPC on 0.0.0.0 port {port}; pass a free "
+                                                   "--port and an address of this machine as --grpc_bind_address.")
         assert server_lib.main([f"--model_base_path={tmp_path / 'colorizer'}", "--port=0",
                                 f"--rest_api_port={port}"]) == 2
-        assert "Cannot listen for REST on port" in capsys.readouterr().err
+        assert "Cannot listen for REST on 0.0.0.0 port" in capsys.readouterr().err
 
 
 def test_main_serves_until_sigterm_and_stops_gracefully(tmp_path):
@@ -686,3 +689,175 @@ def test_deployment_files_run_stock_tf_serving_on_the_pushers_files():
     assert [args.model_config_file, args.batching_parameters_file, args.monitoring_config_file] == [
         f"/srv/{name}" for name in PUSHER_FILES]
     assert compose["entrypoint"] == [server_lib.BINARY] and compose["ports"] == ["8500:8500", "8501:8501"]
+
+
+# ---------------------------------------------------------------- safe version and label changes, the reload door
+
+def _reload(port: int, *models: tuple[str, str], labels: dict | None = None) -> model_management_pb2.ReloadConfigResponse:
+    """HandleReloadConfigRequest with (name, base_path) models, latest{1}, and `labels` on the first."""
+    config = model_server_config_pb2.ModelServerConfig()
+    for name, base_path in models:
+        config.model_config_list.config.add(name=name, base_path=base_path, model_platform="tensorflow")
+    for label, version in (labels or {}).items():
+        config.model_config_list.config[0].version_labels[label] = version
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        return model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(
+            model_management_pb2.ReloadConfigRequest(config=config), timeout=30)
+
+
+def test_a_version_folder_written_file_by_file_loads_once_complete(tmp_path):
+    base = tmp_path / "colorizer"
+    publish(str(base), 1)
+    source, target = built_model(2), base / "2"
+    files = sorted(os.path.relpath(os.path.join(folder, name), source)
+                   for folder, _, names in os.walk(source) for name in names)
+    with server_lib.serve(serving_config(model_base_path=str(base), file_system_poll_wait_seconds=0.05)) as running:
+        for folder, _, _ in os.walk(source):  # folders first, as a copy tool makes them: variables/ still empty
+            os.makedirs(target / os.path.relpath(folder, source), exist_ok=True)
+        shutil.copyfile(os.path.join(source, "saved_model.pb"), target / "saved_model.pb")
+        wait_for(lambda: _status(running.rest_port).get("2", ("",))[0] == "END")  # tried and failed
+        for name in files:
+            if name != "saved_model.pb":
+                time.sleep(0.2)
+                shutil.copyfile(os.path.join(source, name), target / name)
+        wait_for(lambda: _status(running.rest_port)["2"][0] == "AVAILABLE", timeout=30)
+        response = grpc_predict(running.grpc_port, {"image_bytes": [image_bytes(seed=9)]})
+        assert response.model_spec.version.value == 2
+        assert version_of(response.outputs["colorized_bytes"].string_val[0]) == 2
+
+
+def test_version_folders_beyond_64_bits_are_skipped_with_one_log_line(tmp_path, caplog):
+    base = tmp_path / "colorizer"
+    publish(str(base), 1)
+    huge = "99999999999999999999"
+    shutil.copytree(built_model(2), base / huge)
+    config = serving_config(model_base_path=str(base), file_system_poll_wait_seconds=0.05)
+    with caplog.at_level(logging.WARNING, logger="serving.server"), server_lib.serve(config) as running:
+        time.sleep(0.5)  # several polls
+        assert grpc_predict(running.grpc_port, {"image_bytes": [image_bytes()]}).model_spec.version.value == 1
+        assert rest(running.rest_port, "colorizer:predict", {"instances": [b64(image_bytes())]})[0] == 200
+        assert list(_status(running.rest_port)) == ["1"]
+    skipped = [r.getMessage() for r in caplog.records if huge in r.getMessage()]
+    assert len(skipped) == 1 and "version folder names must be numbers up to 9223372036854775807" in skipped[0]
+
+
+def test_a_labelled_version_stays_loaded_until_its_label_moves(tmp_path):
+    base = tmp_path / "colorizer"
+    publish(str(base), 1)
+    publish(str(base), 2)
+    config_file = tmp_path / "models.config"
+    built = {1: 1, 2: 2, 3: 3, 4: 1}  # version -> the test model (tint) it was copied from
+
+    def write_config(stable: int, canary: int) -> None:  # latest{1}: only the labels keep older versions
+        partial = tmp_path / "models.config.partial"
+        partial.write_text(f'model_config_list {{ config {{ name: "colorizer" base_path: "{base}" '
+                           f'version_labels {{ key: "stable" value: {stable} }} '
+                           f'version_labels {{ key: "canary" value: {canary} }} }} }}')
+        os.replace(partial, config_file)
+
+    def served(label: str) -> int:
+        response = grpc_predict(running.grpc_port, {"image_bytes": [image_bytes(seed=10)]}, label=label)
+        version = response.model_spec.version.value
+        assert version_of(response.outputs["colorized_bytes"].string_val[0]) == built[version]
+        return version
+
+    def loaded() -> set[int]:
+        return {int(v) for v, (state, _) in _status(running.rest_port).items() if state == "AVAILABLE"}
+
+    write_config(1, 2)
+    config = serving_config(model_config_file=str(config_file), model_config_file_poll_wait_seconds=0.05,
+                            file_system_poll_wait_seconds=0.05)
+    with server_lib.serve(config) as running:
+        assert loaded() == {1, 2} and (served("stable"), served("canary")) == (1, 2)
+        publish(str(base), 3)  # the newest, but no label names it yet: 1 and 2 stay, being named
+        wait_for(lambda: loaded() == {1, 2, 3})
+        time.sleep(0.3)
+        assert loaded() == {1, 2, 3} and (served("stable"), served("canary")) == (1, 2)
+        write_config(2, 3)  # the labels move: version 1 is named by none and unloads
+        wait_for(lambda: loaded() == {2, 3})
+        assert (served("stable"), served("canary")) == (2, 3)
+        write_config(3, 4)  # version 4 is not there yet: canary stays on 3 instead of pointing at nothing
+        wait_for(lambda: loaded() == {3})
+        assert (served("stable"), served("canary")) == (3, 3)
+        publish(str(base), 4, model=1)
+        wait_for(lambda: loaded() == {3, 4})
+        assert (served("stable"), served("canary")) == (3, 4)
+
+
+def test_bind_address_flags_choose_where_each_api_listens(tmp_path, capsys, monkeypatch):
+    base = str(tmp_path / "colorizer")
+    publish(base, 1)
+    args = server_lib.build_parser().parse_args([f"--model_base_path={base}", "--port=0", "--rest_api_port=0",
+                                                 "--grpc_bind_address=127.0.0.2", "--rest_bind_address=127.0.0.2"])
+    config = server_lib.config_from_args(args)
+    config.rest_api_port = 0
+    with server_lib.serve(config) as running:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "colorizer"
+        request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([image_bytes()]))
+        for host, reachable in (("127.0.0.2", True), ("127.0.0.1", False)):
+            with grpc.insecure_channel(f"{host}:{running.grpc_port}") as channel:
+                stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+                if reachable:
+                    assert stub.Predict(request, timeout=20).model_spec.version.value == 1
+                else:
+                    with pytest.raises(grpc.RpcError) as raised:
+                        stub.Predict(request, timeout=5)
+                    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        url = f"http://{{}}:{running.rest_port}/v1/models/colorizer"
+        assert requests.get(url.format("127.0.0.2"), timeout=10).status_code == 200
+        with pytest.raises(requests.ConnectionError):
+            requests.get(url.format("127.0.0.1"), timeout=10)
+    fake_bin = tmp_path / "bin"  # the stock binary has no such flag: say so instead of ignoring it
+    fake_bin.mkdir()
+    (fake_bin / server_lib.BINARY).write_text("#!/bin/sh\nexit 0\n")
+    (fake_bin / server_lib.BINARY).chmod(0o755)
+    monkeypatch.setenv("PATH", str(fake_bin))
+    assert server_lib.main([f"--model_base_path={base}", "--rest_bind_address=127.0.0.1"]) == 2
+    assert capsys.readouterr().err.strip() == ("--rest_bind_address is a flag of the built-in server only; drop it "
+                                               "or pass --implementation=python.")
+    assert server_lib.main([f"--model_base_path={base}", "--max_request_pixels=1000"]) == 2  # so are the limits
+    assert capsys.readouterr().err.strip() == ("--max_request_pixels is a flag of the built-in server only; drop it "
+                                               "or pass --implementation=python.")
+
+
+def test_config_reload_is_off_unless_enabled(tmp_path):
+    base = str(tmp_path / "colorizer")
+    publish(base, 1)
+    with server_lib.serve(serving_config(model_base_path=base)) as running:
+        with pytest.raises(grpc.RpcError) as raised:
+            _reload(running.grpc_port, ("colorizer", base), ("other", base))
+        assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert raised.value.details() == ("HandleReloadConfigRequest is off on this server; start it with "
+                                          "--allow_reload_config to use it.")
+        assert running.core.manager.model_names() == ["colorizer"]
+        assert grpc_predict(running.grpc_port, {"image_bytes": [image_bytes()]}).model_spec.version.value == 1
+
+
+def test_config_reload_stays_under_its_root_and_a_new_base_path_serves_its_own_versions(tmp_path):
+    root = tmp_path / "serving"
+    first, second = root / "colorizer", root / "colorizer_retrained"
+    publish(str(first), 1)
+    publish(str(second), 1, model=3)  # also version 1, but another model: tint 3
+    outside = tmp_path / "private"
+    publish(str(outside), 1)
+    config_file = root / "models.config"
+    config_file.write_text(f'model_config_list {{ config {{ name: "colorizer" base_path: "{first}" }} }}')
+    os.symlink(outside, root / "link_out")
+    with server_lib.serve(serving_config(model_config_file=str(config_file), allow_reload_config=True)) as running:
+        refused = {}
+        for path in (outside, tmp_path / "missing", f"{root}/../private", root / "link_out", "/etc"):
+            reply = _reload(running.grpc_port, ("colorizer", str(path)))
+            refused[str(path)] = (reply.status.error_code, reply.status.error_message)
+        assert set(refused.values()) == {(3, "The base_path of model 'colorizer' is outside the folder this server "
+                                             "reloads models from; name a model folder under "
+                                             "--reload_config_allowed_root.")}, refused
+        jpeg = image_bytes(seed=11)
+        assert version_of(grpc_predict(running.grpc_port, {"image_bytes": [jpeg]}).outputs[
+            "colorized_bytes"].string_val[0]) == 1
+
+        reply = _reload(running.grpc_port, ("colorizer", str(second)))
+        assert reply.status.error_code == 0, reply.status.error_message
+        response = grpc_predict(running.grpc_port, {"image_bytes": [jpeg]})
+        assert response.model_spec.version.value == 1
+        assert version_of(response.outputs["colorized_bytes"].string_val[0]) == 3  # the new folder's version 1

@@ -7,10 +7,13 @@ answers its own warmup requests (assets.extra/tf_serving_warmup_requests)
 with a PNG of each request image's size. The version is written to
 `<serving_dir>/<model_name>/.tmp-<version>-<pid>/`, validated there, then
 renamed to `<serving_dir>/<model_name>/<version>/` (1 + the highest existing
-version), so TF Serving never sees a half-written version. Every push
-regenerates `<serving_dir>/models.config` (labels stable = previous version,
-canary = this one), `batching_parameters.txt` and `monitoring.config`, and
-writes a record, `pushed.json`, to the evaluation dir (or --output).
+version, or the next free one if another pusher took it meanwhile), so TF
+Serving never sees a half-written version. Every push regenerates
+`<serving_dir>/models.config` (labels stable = previous version, canary =
+this one), `batching_parameters.txt` and `monitoring.config`, written before
+the rename and moved into place after it, so a full disk leaves the old state
+or the new, and writes a record, `pushed.json`, to the evaluation dir (or
+--output).
 
     python -m components.pusher --model out/train/model.keras --evaluation out/eval --serving_dir out/serving
     python -m components.pusher --validate_only out/serving/colorizer/3   # the fresh-process check alone
@@ -44,14 +47,15 @@ from components.pusher.publish import (  # noqa: F401  re-exported: pusher.model
     TMP_PREFIX,
     batching_parameters_text,
     copy_tree,
+    is_disk_full,
     is_saved_model,
     models_config_text,
     monitoring_config_text,
     publish,
     remove_stale_temp_dirs,
     list_versions,
+    serving_config_paths,
     write_record,
-    write_serving_configs,
 )
 from components.pusher.validation import (  # noqa: F401
     VALIDATION_TIMEOUT_S,
@@ -248,14 +252,29 @@ def push(config: PushConfig) -> PushResult:
             if not validation["ok"]:
                 return finish(reason=f"nothing pushed: the exported model failed validation: "
                               f"{validation['reason']}")
-        version, version_dir = publish(staging, model_dir, version)
+        version, version_dir, configs = publish(staging, config.serving_dir, config.model_name, version,
+                                                config.batching)
+    except (OSError, tf.errors.ResourceExhaustedError) as e:
+        if not is_disk_full(e):
+            raise
+        reason = (f"nothing pushed: the disk under {config.serving_dir} is full (models.config and the served "
+                  f"versions are unchanged); free some space and push again")
+        try:
+            return finish(reason=reason)
+        except (OSError, tf.errors.ResourceExhaustedError):
+            raise PushError(f"{reason}.") from None
     finally:
         if tf.io.gfile.exists(staging):
             tf.io.gfile.rmtree(staging)
-    configs = write_serving_configs(config.serving_dir, config.batching)
     checked = "validated in a fresh process" if config.validate else "not validated (--no_validate)"
-    return finish(pushed=True, version=version, version_dir=version_dir, configs=configs,
-                  reason=f"pushed {config.model_name} version {version}: blessed and {checked}")
+    try:
+        return finish(pushed=True, version=version, version_dir=version_dir, configs=configs,
+                      reason=f"pushed {config.model_name} version {version}: blessed and {checked}")
+    except (OSError, tf.errors.ResourceExhaustedError) as e:
+        if not is_disk_full(e):
+            raise
+        raise PushError(f"pushed {config.model_name} version {version}, but its disk is full so the record "
+                        f"{record_path} was not written; free some space there.") from None
 
 
 # ---------------------------------------------------------------- CLI
