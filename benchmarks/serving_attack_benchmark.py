@@ -159,17 +159,17 @@ class _GoodClient:
         self._stub, self._request = _grpc_stub(server.grpc_port), _predict_request([image])
         self._url = f"http://127.0.0.1:{server.rest_port}/v1/models/{MODEL_NAME}:predict"
         self._body, self._session = _rest_body([image]), requests.Session()
-        self._pool, self._stop = ThreadPoolExecutor(64), threading.Event()
+        self._pool, self._stop = ThreadPoolExecutor(128), threading.Event()
         self._thread = threading.Thread(target=self._run, name="good-client", daemon=True)
         self._lock = threading.Lock()
 
     def start(self) -> None:
         self._thread.start()
 
-    def _one(self, use_grpc: bool) -> None:
+    def _one(self, use_grpc: bool, start: float) -> None:
+        """One request, timed from when it was due (`start`), also if it waited for a client thread."""
         import requests
 
-        start = time.monotonic()
         if use_grpc:
             status = _grpc_status(self._stub, self._request, GOOD_DEADLINE_S)
         else:
@@ -184,7 +184,7 @@ class _GoodClient:
     def _run(self) -> None:
         use_grpc = True
         while not self._stop.wait(self.interval):
-            self._pool.submit(self._one, use_grpc)
+            self._pool.submit(self._one, use_grpc, time.monotonic())
             use_grpc = not use_grpc
 
     def stop(self) -> None:
