@@ -209,7 +209,7 @@ def test_large_work_beyond_the_pixel_budget_is_refused_at_once_and_small_request
     config = serving_config(model_base_path=slow_base, max_inflight_requests=1, max_queued_requests=2,
                             max_inflight_pixels=10_000)
     with server_lib.serve(config) as running:
-        large = _hold_request(running.grpc_port, LARGE, 4 * SLOW_MICROS)  # over the budget: admitted alone
+        large = _hold_request(running.grpc_port, LARGE, 6 * SLOW_MICROS)  # over the budget: admitted alone
         wait_for(lambda: running.core.load() == (1, 0))
         with pytest.raises(grpc.RpcError) as raised:
             _hold_request(running.grpc_port, LARGE, 1000).result()
@@ -237,7 +237,7 @@ def test_a_request_found_large_only_once_decoded_leaves_its_slot_or_is_refused(s
     assert _core.announced_pixels(_rest.body_images(hidden(1).replace(b"\\u00%x" % ord(encoded[0]),
                                                                       encoded[0].encode())), 10 ** 9) == 20_000
     with server_lib.serve(config) as running, concurrent.futures.ThreadPoolExecutor(2) as pool:
-        first = pool.submit(rest, running.rest_port, "colorizer:predict", None, hidden(4 * SLOW_MICROS))
+        first = pool.submit(rest, running.rest_port, "colorizer:predict", None, hidden(6 * SLOW_MICROS))
         wait_for(lambda: running.core.load() == (1, 0))
         _good_request_works(running)  # the slot it entered by is free again
         with pytest.raises(grpc.RpcError) as raised:
