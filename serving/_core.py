@@ -17,13 +17,14 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import io
+import itertools
 import logging
 import math
 import os
 import re
 import threading
 import time
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import tensorflow as tf
@@ -587,6 +588,15 @@ class RequestLimits:
     max_request_bytes: int
     max_request_pixels: int
     max_json_depth: int
+    max_inflight_pixels: int
+
+    @property
+    def large_pixels(self) -> int:
+        """A request with more image pixels than this is large: its slot's share of the pixel budget."""
+        return self.max_inflight_pixels // self.max_inflight_requests
+
+
+MAX_WEIGHED_VALUES = 256  # string values whose image headers are read before admission; later ones after decoding
 
 
 def image_pixels(data: bytes) -> int:
@@ -601,36 +611,68 @@ def image_pixels(data: bytes) -> int:
     return width * height
 
 
-def check_pixels(inputs: dict[str, np.ndarray], limit: int) -> None:
-    """Refuses a request whose string inputs hold images of more than `limit` pixels in all (headers only)."""
+def count_pixels(values: Iterable[Any], limit: int) -> int:
+    """The pixels of the images among `values` (headers only); over `limit` in all raises INVALID_ARGUMENT."""
     total = 0
-    for array in inputs.values():
-        if array.dtype != object:
-            continue
-        for value in array.reshape(-1):
-            if isinstance(value, bytes):
-                total += image_pixels(value)
-                if total > limit:
-                    raise ServingError("INVALID_ARGUMENT", f"The request's images add up to at least {total} pixels, "
-                                                           f"over the --max_request_pixels limit of {limit}; send "
-                                                           f"fewer or smaller images per request.")
+    for value in values:
+        if isinstance(value, bytes):
+            total += image_pixels(value)
+            if total > limit:
+                raise ServingError("INVALID_ARGUMENT", f"The request's images add up to at least {total} pixels, "
+                                                       f"over the --max_request_pixels limit of {limit}; send "
+                                                       f"fewer or smaller images per request.")
+    return total
+
+
+def announced_pixels(values: Iterable[Any], limit: int) -> int:
+    """count_pixels of the first MAX_WEIGHED_VALUES values: a request's weight before it is decoded."""
+    return count_pixels(itertools.islice(values, MAX_WEIGHED_VALUES), limit)
+
+
+def check_pixels(inputs: dict[str, np.ndarray], limit: int) -> int:
+    """The pixels of the images in a request's string inputs; over `limit` in all raises INVALID_ARGUMENT."""
+    return count_pixels(itertools.chain.from_iterable(
+        array.reshape(-1) for array in inputs.values() if array.dtype == object), limit)
+
+
+@dataclasses.dataclass
+class _Ticket:
+    """One admitted request: the image pixels it holds and whether it is large (holds pixel budget, no slot)."""
+
+    pixels: int
+    large: bool = False
 
 
 class _Admission:
-    """At most `max_inflight` requests at work and `max_queued` waiting for a slot; more are refused at once."""
+    """Admission weighted by the image pixels a request brings, in two lanes.
 
-    def __init__(self, max_inflight: int, max_queued: int):
+    A small request (at most `large_pixels`) takes one of `max_inflight` slots, waiting in a queue of
+    `max_queued` for one; more are refused at once. A large request takes no slot: its pixels must fit
+    in `max_pixels` beside the large requests already in flight (or none be in flight), else it is
+    refused at once. So large work never piles up and small requests never wait behind it.
+    """
+
+    def __init__(self, max_inflight: int, max_queued: int, max_pixels: int, large_pixels: int):
         self.max_inflight, self.max_queued = max_inflight, max_queued
+        self.max_pixels, self.large_pixels = max_pixels, large_pixels
         self._cv = threading.Condition()
-        self._running = self._waiting = 0
+        self._running = self._waiting = self._large = self._large_pixels = 0
 
-    def enter(self, deadline: float | None, cancelled: Callable[[], bool] | None, late: ServingError) -> None:
-        """Takes a slot, waiting in the queue for one; raises RESOURCE_EXHAUSTED when the queue is full,
-        `late` when the deadline passes first and CANCELLED when the client goes away."""
+    def enter(self, pixels: int, deadline: float | None, cancelled: Callable[[], bool] | None,
+              late: ServingError) -> _Ticket:
+        """Admits a request of `pixels` (0 if not known yet); raises RESOURCE_EXHAUSTED when its lane is
+        full, `late` when the deadline passes while it waits and CANCELLED when the client goes away."""
+        ticket = _Ticket(pixels)
         with self._cv:
+            if pixels > self.large_pixels:
+                self._refuse_large(pixels, self._large_pixels, self._large)
+                self._large += 1
+                self._large_pixels += pixels
+                ticket.large = True
+                return ticket
             if self._running < self.max_inflight and not self._waiting:
                 self._running += 1
-                return
+                return ticket
             if self._waiting >= self.max_queued:
                 raise ServingError("RESOURCE_EXHAUSTED", f"The server is at its limit of {self.max_inflight} "
                                                          f"requests in flight and {self.max_queued} queued "
@@ -646,19 +688,48 @@ class _Admission:
             if outcome != "done":
                 raise late if outcome == "late" else _cancelled()
             self._running += 1
+            return ticket
 
-    def leave(self) -> None:
+    def _refuse_large(self, pixels: int, in_work: int, others: int) -> None:
+        """Raises RESOURCE_EXHAUSTED unless `pixels` fit in the budget beside `in_work` of `others` requests."""
+        if others and in_work + pixels > self.max_pixels:
+            raise ServingError("RESOURCE_EXHAUSTED", f"The request's {pixels} image pixels do not fit in the "
+                                                     f"--max_inflight_pixels budget of {self.max_pixels} beside the "
+                                                     f"{in_work} already in work; retry later.")
+
+    def reweigh(self, ticket: _Ticket, pixels: int) -> None:
+        """Counts the pixels found once decoded: a request that turns out large moves from its slot to the
+        large lane, or is refused with RESOURCE_EXHAUSTED (and leaves as it came)."""
         with self._cv:
-            self._running -= 1
+            if pixels <= ticket.pixels or (not ticket.large and pixels <= self.large_pixels):
+                ticket.pixels = max(ticket.pixels, pixels)
+                return
+            in_work = self._large_pixels - (ticket.pixels if ticket.large else 0)
+            self._refuse_large(pixels, in_work, self._large - ticket.large)
+            if not ticket.large:
+                self._running -= 1
+                self._large += 1
+                self._cv.notify_all()
+            self._large_pixels = in_work + pixels
+            ticket.pixels, ticket.large = pixels, True
+
+    def leave(self, ticket: _Ticket) -> None:
+        with self._cv:
+            if ticket.large:
+                self._large -= 1
+                self._large_pixels -= ticket.pixels
+            else:
+                self._running -= 1
             self._cv.notify_all()
 
     def counts(self) -> tuple[int, int]:
+        """(requests in flight in either lane, requests queued for a slot)."""
         with self._cv:
-            return self._running, self._waiting
+            return self._running + self._large, self._waiting
 
     def wait_idle(self, timeout: float) -> bool:
         with self._cv:
-            return self._cv.wait_for(lambda: self._running == 0 and self._waiting == 0, timeout)
+            return self._cv.wait_for(lambda: not (self._running or self._waiting or self._large), timeout)
 
 
 def _cancelled() -> ServingError:
@@ -672,8 +743,12 @@ Decoder = Callable[[], tuple[str, dict[str, np.ndarray]]]
 class ServingCore:
     """Predict with admission control, deadlines, cancellation and batching, shared by the gRPC and REST front ends.
 
-    A request takes one of --max_inflight_requests slots, waiting in a queue of --max_queued_requests
-    (a full queue answers RESOURCE_EXHAUSTED at once). Its decoding, checks and model call run on a
+    Admission is weighted by the image pixels a request brings (read from the headers before anything
+    is decoded, and counted again once decoded): a small request takes one of --max_inflight_requests
+    slots, waiting in a queue of --max_queued_requests (a full queue answers RESOURCE_EXHAUSTED at
+    once); a large one (over --max_inflight_pixels / --max_inflight_requests pixels) takes no slot but
+    must fit in the --max_inflight_pixels budget beside the large ones in flight, else it is refused
+    at once. Its decoding, checks and model call run on a
     worker within its deadline; a batched signature's call runs in the batch scheduler, whose own
     threads and queue bound it, after the slot is freed. A request whose deadline passes or whose
     client leaves is answered at once; if its work has not started it never runs, and a model call
@@ -684,29 +759,32 @@ class ServingCore:
         self.manager = manager
         self.batcher = batcher
         self.limits = limits
-        self._admission = _Admission(self.limits.max_inflight_requests, self.limits.max_queued_requests)
-        self._executor = concurrent.futures.ThreadPoolExecutor(self.limits.max_inflight_requests,
+        self._admission = _Admission(limits.max_inflight_requests, limits.max_queued_requests,
+                                     limits.max_inflight_pixels, limits.large_pixels)
+        # as many large requests can be in flight as small ones, at most (each is over a slot's share of the budget)
+        self._executor = concurrent.futures.ThreadPoolExecutor(2 * limits.max_inflight_requests,
                                                                thread_name_prefix="predict")
 
     def predict(self, servable: Servable, decode: Decoder, output_filter: Iterable[str] = (),
                 timeout: float | None = None, cancelled: Callable[[], bool] | None = None,
-                ) -> tuple[Signature, dict[str, np.ndarray]]:
+                pixels: int = 0) -> tuple[Signature, dict[str, np.ndarray]]:
         """Runs one request on `servable`: `decode()` gives its signature name and inputs. `cancelled()`
-        tells whether the client has gone away; `timeout` is the seconds left of its deadline."""
+        tells whether the client has gone away; `timeout` is the seconds left of its deadline; `pixels`
+        the image pixels its headers announce (0 if not read before decoding)."""
         late = ServingError("DEADLINE_EXCEEDED", f"The request did not finish within its deadline of "
                                                  f"{timeout or 0:.3g} s.")
         if timeout is not None and timeout <= 0:
             raise late
         deadline = None if timeout is None else time.monotonic() + timeout
         wanted = list(output_filter)
-        self._admission.enter(deadline, cancelled, late)
+        ticket = self._admission.enter(pixels, deadline, cancelled, late)
         abandoned = threading.Event()
         try:
-            future = self._executor.submit(self._work, servable, decode, wanted, deadline, late, abandoned)
+            future = self._executor.submit(self._work, servable, decode, wanted, deadline, late, abandoned, ticket)
         except RuntimeError:  # the executor has shut down
-            self._admission.leave()
+            self._admission.leave(ticket)
             raise ServingError("UNAVAILABLE", "The server is shutting down; retry on another replica.") from None
-        future.add_done_callback(lambda _: self._admission.leave())
+        future.add_done_callback(lambda _: self._admission.leave(ticket))
         left = lambda: None if deadline is None else deadline - time.monotonic()  # noqa: E731
         outcome = _batching.wait_done(lambda seconds: bool(concurrent.futures.wait([future], seconds).done),
                                       left(), cancelled)
@@ -728,7 +806,8 @@ class ServingCore:
         return signature, {name: arrays[name] for name in wanted} if wanted else arrays
 
     def _work(self, servable: Servable, decode: Decoder, wanted: list[str], deadline: float | None,
-              late: ServingError, abandoned: threading.Event) -> tuple[Signature, dict[str, np.ndarray], bool]:
+              late: ServingError, abandoned: threading.Event,
+              ticket: _Ticket) -> tuple[Signature, dict[str, np.ndarray], bool]:
         """(signature, outputs, False), or (signature, checked inputs, True) for the batch scheduler."""
         def check_time() -> None:
             if abandoned.is_set() or (deadline is not None and time.monotonic() >= deadline):
@@ -743,7 +822,7 @@ class ServingCore:
             raise ServingError("INVALID_ARGUMENT", f"'{unknown[0]}' is not an output of signature "
                                                    f"'{signature.name}'; its outputs are: "
                                                    f"{', '.join(sorted(signature.outputs))}.")
-        check_pixels(inputs, self.limits.max_request_pixels)
+        self._admission.reweigh(ticket, check_pixels(inputs, self.limits.max_request_pixels))
         check_time()
         if self.batcher is not None and signature.batchable:
             return signature, inputs, True

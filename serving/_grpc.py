@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from typing import Any
 
 import grpc
 import tensorflow as tf
+from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_management_pb2,
                                      model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
 
@@ -50,9 +52,12 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
         try:
             servable = self.core.manager.resolve(name, version, label)
+            pixels = _core.announced_pixels(itertools.chain.from_iterable(
+                proto.string_val for proto in request.inputs.values() if proto.dtype == types_pb2.DT_STRING),
+                self.core.limits.max_request_pixels)
             signature, outputs = self.core.predict(servable, decode, request.output_filter,
                                                    timeout=context.time_remaining(),
-                                                   cancelled=lambda: not context.is_active())
+                                                   cancelled=lambda: not context.is_active(), pixels=pixels)
             response = predict_pb2.PredictResponse()
             response.model_spec.name = servable.name
             response.model_spec.version.value = servable.version

@@ -47,6 +47,7 @@ from typing import Any, Sequence
 BINARY = "tensorflow_model_server"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # largest gRPC response
 IMPLEMENTATIONS = ("auto", "binary", "python")
+PIXELS_PER_CPU = 2_000_000  # --max_inflight_pixels per CPU: one 2000x2000 image at a time on 2 cores
 
 _log = logging.getLogger("serving.server")
 
@@ -85,6 +86,7 @@ class ServerConfig:
     max_request_bytes: int = 64 * 1024 * 1024
     max_request_pixels: int = 50_000_000
     max_json_depth: int = 64
+    max_inflight_pixels: int = dataclasses.field(default_factory=lambda: PIXELS_PER_CPU * (os.cpu_count() or 1))
 
     def request_limits(self) -> Any:
         """These flags as serving._core.RequestLimits; a value under 1 raises ServerConfigError."""
@@ -304,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--grpc_max_threads", type=int, default=None, help="gRPC worker threads (default 4 per CPU)")
     limits = ServerConfig()
     add("--max_inflight_requests", type=int, default=limits.max_inflight_requests,
-        help="built-in server: predict requests decoding or in an unbatched model call at once; one per CPU "
+        help="built-in server: small predict requests decoding or in an unbatched model call at once; one per CPU "
              "by default")
     add("--max_queued_requests", type=int, default=limits.max_queued_requests,
         help="built-in server: predict requests waiting for a slot; more are refused at once with "
@@ -315,6 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="built-in server: most image pixels per request, all its images together (read from the headers)")
     add("--max_json_depth", type=int, default=limits.max_json_depth,
         help="built-in server: deepest nesting of a REST request's JSON")
+    add("--max_inflight_pixels", type=int, default=limits.max_inflight_pixels,
+        help="built-in server: image pixels of the large requests (over this / --max_inflight_requests pixels) "
+             "in work at once; a large request that does not fit is refused at once with RESOURCE_EXHAUSTED / "
+             "HTTP 429, and small requests never wait behind large ones; 2 million per CPU by default")
     add("--implementation", choices=IMPLEMENTATIONS, default="auto",
         help=f"auto: {BINARY} when it is on PATH, else the built-in server")
     # built-in server only (BUILT_IN_ONLY): where it listens, and the config-reload RPC
@@ -331,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 BUILT_IN_ONLY = ("grpc_bind_address", "rest_bind_address", "allow_reload_config", "reload_config_allowed_root",
                  "max_inflight_requests", "max_queued_requests", "max_request_bytes", "max_request_pixels",
-                 "max_json_depth")
+                 "max_json_depth", "max_inflight_pixels")
 
 
 def tensorflow_model_server_argv(args: argparse.Namespace, passthrough: Sequence[str] = ()) -> list[str]:
@@ -363,8 +369,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         rest_api_timeout_in_ms=args.rest_api_timeout_in_ms, max_inflight_requests=args.max_inflight_requests,
         max_queued_requests=args.max_queued_requests, max_request_bytes=args.max_request_bytes,
         max_request_pixels=args.max_request_pixels, max_json_depth=args.max_json_depth,
-        grpc_bind_address=args.grpc_bind_address, rest_bind_address=args.rest_bind_address,
-        allow_reload_config=args.allow_reload_config, reload_config_allowed_root=args.reload_config_allowed_root)
+        max_inflight_pixels=args.max_inflight_pixels, grpc_bind_address=args.grpc_bind_address,
+        rest_bind_address=args.rest_bind_address, allow_reload_config=args.allow_reload_config,
+        reload_config_allowed_root=args.reload_config_allowed_root)
     if args.grpc_max_threads is not None:
         config.grpc_max_threads = args.grpc_max_threads
     return config

@@ -2,7 +2,7 @@
 
 Each test sends an attack on loopback, checks the status and sentence it gets, and then that a good
 request is still served. A `sleep` signature (it counts its calls, then sleeps for the microseconds
-asked) makes slow work without using the CPU.
+asked) makes slow work without using the CPU; `hold` does the same for a request that carries images.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow.python.data.experimental.ops import testing as data_testing
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from serving import _core, _rest
 from serving import server as server_lib
 from tests.test_server import _TestModel, b64, grpc_predict, image_bytes, rest, serving_config, version_of, wait_for
 
@@ -53,6 +54,11 @@ class _SlowModel(_TestModel):
     def count(self):
         return {"calls": self.calls.read_value()}
 
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes"),
+                                  tf.TensorSpec([None], tf.int64, name="micros")])
+    def hold(self, image_bytes, micros):
+        return {"bytes": tf.strings.length(image_bytes, "BYTE") + 0 * tf.cast(self.sleep(micros)["calls"][0], tf.int32)}
+
 
 @pytest.fixture(scope="module")
 def slow_base(tmp_path_factory) -> str:
@@ -60,7 +66,8 @@ def slow_base(tmp_path_factory) -> str:
     base = tmp_path_factory.mktemp("slow") / "colorizer"
     model = _SlowModel()
     tf.saved_model.save(model, str(base / "1"), signatures={
-        "serving_default": model.colorize, "scale": model.scale, "sleep": model.sleep, "count": model.count})
+        "serving_default": model.colorize, "scale": model.scale, "sleep": model.sleep, "count": model.count,
+        "hold": model.hold})
     return str(base)
 
 
@@ -179,6 +186,67 @@ def test_cancelled_queued_requests_never_run(slow_base):
         assert int(tf.make_ndarray(first.result().outputs["calls"])[0]) == before + 1
         _good_request_works(running)
         assert _calls(running.grpc_port) == before + 1  # the cancelled ones never ran
+
+
+# ---------------------------------------------------------------- 2b. admission weighted by image pixels
+
+LARGE = image_bytes(100, 200, seed=3, fmt="PNG")  # 20,000 pixels: large beside a budget of 10,000
+BUDGET_REFUSAL = ("The request's 20000 image pixels do not fit in the --max_inflight_pixels budget of 10000 beside "
+                  "the 20000 already in work; retry later.")
+
+
+def _hold_request(port: int, image: bytes, micros: int, timeout: float = 60) -> grpc.Future:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name, request.model_spec.signature_name = "colorizer", "hold"
+    request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([image]))
+    request.inputs["micros"].CopyFrom(tf.make_tensor_proto([micros], tf.int64))
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict.future(request, timeout=timeout)
+
+
+def test_large_work_beyond_the_pixel_budget_is_refused_at_once_and_small_requests_pass_it(slow_base):
+    # one slot: before the budget, a small request waited behind the large one in it
+    config = serving_config(model_base_path=slow_base, max_inflight_requests=1, max_queued_requests=2,
+                            max_inflight_pixels=10_000)
+    with server_lib.serve(config) as running:
+        large = _hold_request(running.grpc_port, LARGE, 6 * SLOW_MICROS)  # over the budget: admitted alone
+        wait_for(lambda: running.core.load() == (1, 0))
+        with pytest.raises(grpc.RpcError) as raised:
+            _hold_request(running.grpc_port, LARGE, 1000).result()
+        assert (raised.value.code(), raised.value.details()) == (grpc.StatusCode.RESOURCE_EXHAUSTED, BUDGET_REFUSAL)
+        body = {"signature_name": "hold", "instances": [{"image_bytes": b64(LARGE), "micros": 1000}]}
+        assert rest(running.rest_port, "colorizer:predict", body) == (429, {"error": BUDGET_REFUSAL})
+        _good_request_works(running)  # small: takes the free slot while the large one still runs
+        assert not large.done()
+        assert large.result().outputs["bytes"].int_val == [len(LARGE)]
+        # the budget is free again: the next large request is served
+        assert rest(running.rest_port, "colorizer:predict", body)[0] == 200
+
+
+def test_a_request_found_large_only_once_decoded_leaves_its_slot_or_is_refused(slow_base):
+    config = serving_config(model_base_path=slow_base, max_inflight_requests=1, max_queued_requests=2,
+                            max_inflight_pixels=10_000)
+    encoded = b64(LARGE)["b64"]
+
+    def hidden(micros: int) -> bytes:
+        """A JSON escape hides the image header from the scan before parsing; only decoding finds its size."""
+        return ('{"signature_name": "hold", "instances": [{"micros": %d, "image_bytes": {"b64": "\\u00%x%s"}}]}'
+                % (micros, ord(encoded[0]), encoded[1:])).encode()
+
+    assert _core.announced_pixels(_rest.body_images(hidden(1)), 10 ** 9) == 0
+    assert _core.announced_pixels(_rest.body_images(hidden(1).replace(b"\\u00%x" % ord(encoded[0]),
+                                                                      encoded[0].encode())), 10 ** 9) == 20_000
+    with server_lib.serve(config) as running, concurrent.futures.ThreadPoolExecutor(2) as pool:
+        first = pool.submit(rest, running.rest_port, "colorizer:predict", None, hidden(6 * SLOW_MICROS))
+        wait_for(lambda: running.core.load() == (1, 0))
+        _good_request_works(running)  # the slot it entered by is free again
+        with pytest.raises(grpc.RpcError) as raised:
+            _hold_request(running.grpc_port, LARGE, 1000).result()
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert not first.done()
+        assert first.result()[0] == 200
+        assert rest(running.rest_port, "colorizer:predict", None, hidden(1000)) == \
+            (200, {"predictions": [len(LARGE)]})
 
 
 # ---------------------------------------------------------------- 3. memory bounds
@@ -325,10 +393,11 @@ def test_a_body_cut_short_gets_a_400_and_no_traceback(slow_base, capfd, caplog):
 def test_limit_flags_reach_the_server_and_bad_values_exit_2(slow_base, capsys):
     args = server_lib.build_parser().parse_args([
         f"--model_base_path={slow_base}", "--max_inflight_requests=3", "--max_queued_requests=5",
-        "--max_request_bytes=1000", "--max_request_pixels=100", "--max_json_depth=4"])
+        "--max_request_bytes=1000", "--max_request_pixels=100", "--max_json_depth=4", "--max_inflight_pixels=300"])
     limits = server_lib.config_from_args(args).request_limits()
     assert (limits.max_inflight_requests, limits.max_queued_requests, limits.max_request_bytes,
-            limits.max_request_pixels, limits.max_json_depth) == (3, 5, 1000, 100, 4)
+            limits.max_request_pixels, limits.max_json_depth, limits.max_inflight_pixels) == (3, 5, 1000, 100, 4, 300)
+    assert limits.large_pixels == 100
     assert server_lib.main([f"--model_base_path={slow_base}", "--implementation=python",
                             "--max_queued_requests=0"]) == 2
     assert capsys.readouterr().err.strip() == "--max_queued_requests must be at least 1, got 0."
