@@ -224,7 +224,8 @@ def reject(ref: FileRef, reason: str, detail: str) -> beam.pvalue.TaggedOutput:
 
 
 class ListImageFiles(beam.DoFn):
-    """(name, root) -> FileRef of every image file below root, honouring the per-source limit."""
+    """(name, root) -> lists of up to BATCH_SIZES[1] FileRefs: every image file below root, honouring the
+    per-source limit. Lists, so that distributing and hashing cost Beam one element per list, not per file."""
 
     def __init__(self, config: IngestConfig):
         self._config = config
@@ -246,23 +247,25 @@ class ListImageFiles(beam.DoFn):
             refs = sorted(refs[:limit])
         Metrics.counter(_NAMESPACE, "files_found").inc(len(refs))
         yield beam.pvalue.TaggedOutput("found", ("found", name, len(refs), over_limit))
-        yield from refs
+        for start in range(0, len(refs), BATCH_SIZES[1]):
+            yield refs[start : start + BATCH_SIZES[1]]
 
 
 class ReadAndHash(beam.DoFn):
-    """FileRef -> (sha256, FileRef); empty or unreadable files are rejected here."""
+    """[FileRef, ...] -> (sha256, FileRef) per file; empty or unreadable files are rejected here."""
 
-    def process(self, ref: FileRef):
-        try:
-            with FileSystems.open(ref.path) as f:
-                data = f.read()
-        except Exception as e:  # the filesystem's own error names the problem
-            yield reject(ref, "unreadable", f"The file cannot be read ({e}).")
-            return
-        if not data:
-            yield reject(ref, "empty", "The file is empty (0 bytes).")
-            return
-        yield hashlib.sha256(data).hexdigest(), ref
+    def process(self, refs: list):
+        for ref in refs:
+            try:
+                with FileSystems.open(ref.path) as f:
+                    data = f.read()
+            except Exception as e:  # the filesystem's own error names the problem
+                yield reject(ref, "unreadable", f"The file cannot be read ({e}).")
+                continue
+            if not data:
+                yield reject(ref, "empty", "The file is empty (0 bytes).")
+                continue
+            yield hashlib.sha256(data).hexdigest(), ref
 
 
 def keep_first(item):

@@ -100,7 +100,7 @@ def test_read_and_hash_rejects_empty_and_missing_files(tmp_path):
     empty.write_bytes(b"")
     refs = [FileRef("s", n, str(tmp_path / n)) for n in ("good.jpg", "empty.jpg", "gone.jpg")]
     with TestPipeline() as p:
-        out = p | beam.Create(refs) | beam.ParDo(example_gen.ReadAndHash()).with_outputs("rejected", main="hashed")
+        out = p | beam.Create([refs]) | beam.ParDo(example_gen.ReadAndHash()).with_outputs("rejected", main="hashed")
         assert_that(
             out.hashed | beam.Map(lambda kv: kv[1].relpath), equal_to(["good.jpg"]), label="hashed"
         )
