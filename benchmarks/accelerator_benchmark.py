@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--budget_s", type=float, default=450.0, help="total seconds (default 450)")
     parser.add_argument("--image_size", type=int, default=224, help="training side (default 224)")
-    parser.add_argument("--steps", type=int, default=3, help="timed train steps per setting (default 3)")
+    parser.add_argument("--steps", type=int, default=2, help="timed train steps per setting (default 2)")
     parser.add_argument("--serving_calls", type=int, default=5, help="timed serving calls per case (default 5)")
     parser.add_argument("--loader_batches", type=int, default=30, help="timed loader batches (default 30)")
     parser.add_argument("--workdir", default="/tmp/accel_bench", help="data, export and the JSON")
