@@ -192,9 +192,8 @@ def batch_histograms(packed: list, splits: list, n_splits: int) -> tuple[np.ndar
             stop += 1
         index = np.empty(pixels, np.int64)
         offset = 0
-        for codes, split in zip(packed[start:stop], splits[start:stop]):
-            view = index[offset:offset + codes.size]
-            np.bitwise_and(codes.reshape(-1), 0xFF, out=view)
+        for codes in packed[start:stop]:
+            np.bitwise_and(codes.reshape(-1), 0xFF, out=index[offset:offset + codes.size])
             offset += codes.size
         l_hist += np.bincount(index, minlength=256)
         offset = 0
