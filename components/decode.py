@@ -212,7 +212,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if mode == "F":
         raise RejectedImage("unsupported", "The image has 32-bit floating-point pixels, which are not supported.")
     if mode == "LAB":
-        return ImageCms.applyTransform(image, _lab_to_srgb())
+        return ImageCms.applyTransform(image, lab_to_srgb_transform())
     if mode in _ALPHA_MODES or "transparency" in image.info:
         rgba = image if mode == "RGBA" else image.convert("RGBA")
         flat = Image.new("RGB", rgba.size, _WHITE)
@@ -222,5 +222,6 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 @functools.cache
-def _lab_to_srgb() -> ImageCms.ImageCmsTransform:
+def lab_to_srgb_transform() -> ImageCms.ImageCmsTransform:
+    """LittleCMS LAB -> sRGB for Pillow's LAB mode (8 bits: L * 2.55, a and b as signed bytes)."""
     return ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB")

@@ -61,6 +61,8 @@ SPLITS_DEFAULT = "train=80,eval=10,test=10"
 MEMORY_RETRY_WAITS_S = (1.0, 5.0)
 """Waits before decoding a file again after a MemoryError; when the last try fails too, it is rejected as
 out_of_memory (not corrupt: the file may be fine on a worker with more memory)."""
+BATCH_SIZES = (8, 64)
+"""Smallest and largest number of images per ToExamples call; beam.BatchElements picks within it by timing."""
 AB_BIN = 4  # width, in quantised a/b units, of the 2-D ab histogram's bins
 _NAMESPACE = "example_gen"
 
@@ -165,9 +167,44 @@ def split_for(source: str, relpath: str, splits: tuple) -> str:
 
 def histograms(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """L histogram (256 codes) and full-resolution ab histogram [a code, b code] of LabTable.packed codes."""
-    l_hist = np.bincount((packed & 0xFF).ravel(), minlength=256)
-    ab_hist = np.bincount((packed >> 8).ravel(), minlength=1 << 16).reshape(256, 256).T  # index a + 256 b
+    l_hist, (ab_hist,) = batch_histograms([packed], [0], 1)
     return l_hist, ab_hist
+
+
+HISTOGRAM_CHUNK_PIXELS = 1 << 21
+"""Pixels counted per np.bincount call in batch_histograms: 16 MiB of int64 indices at a time, whatever the batch."""
+
+
+def batch_histograms(packed: list, splits: list, n_splits: int) -> tuple[np.ndarray, np.ndarray]:
+    """L histogram over all of `packed` (LabTable.packed codes of several images), and the ab histogram
+    [a code, b code] of each split: a [n_splits, 256, 256] array, image i counted in split `splits[i]`.
+
+    One np.bincount per chunk of images instead of two per image: the 65,536 ab bins are cleared and added
+    once per chunk.
+    """
+    l_hist = np.zeros(256, np.int64)
+    ab_hist = np.zeros(n_splits << 16, np.int64)
+    start = 0
+    while start < len(packed):
+        stop, pixels = start, 0
+        while stop < len(packed) and (stop == start or pixels + packed[stop].size <= HISTOGRAM_CHUNK_PIXELS):
+            pixels += packed[stop].size
+            stop += 1
+        index = np.empty(pixels, np.int64)
+        offset = 0
+        for codes in packed[start:stop]:
+            np.bitwise_and(codes.reshape(-1), 0xFF, out=index[offset:offset + codes.size])
+            offset += codes.size
+        l_hist += np.bincount(index, minlength=256)
+        offset = 0
+        for codes, split in zip(packed[start:stop], splits[start:stop]):
+            view = index[offset:offset + codes.size]
+            np.right_shift(codes.reshape(-1), 8, out=view)
+            view += split << 16
+            offset += codes.size
+        ab_hist += np.bincount(index, minlength=n_splits << 16)
+        start = stop
+    return l_hist, ab_hist.reshape(n_splits, 256, 256).transpose(0, 2, 1)  # index a + 256 b -> [a, b]
 
 
 def bin_ab(ab_hist: np.ndarray) -> np.ndarray:
@@ -186,7 +223,8 @@ def reject(ref: FileRef, reason: str, detail: str) -> beam.pvalue.TaggedOutput:
 
 
 class ListImageFiles(beam.DoFn):
-    """(name, root) -> FileRef of every image file below root, honouring the per-source limit."""
+    """(name, root) -> lists of up to BATCH_SIZES[1] FileRefs: every image file below root, honouring the
+    per-source limit. Lists, so that distributing and hashing cost Beam one element per list, not per file."""
 
     def __init__(self, config: IngestConfig):
         self._config = config
@@ -208,23 +246,25 @@ class ListImageFiles(beam.DoFn):
             refs = sorted(refs[:limit])
         Metrics.counter(_NAMESPACE, "files_found").inc(len(refs))
         yield beam.pvalue.TaggedOutput("found", ("found", name, len(refs), over_limit))
-        yield from refs
+        for start in range(0, len(refs), BATCH_SIZES[1]):
+            yield refs[start : start + BATCH_SIZES[1]]
 
 
 class ReadAndHash(beam.DoFn):
-    """FileRef -> (sha256, FileRef); empty or unreadable files are rejected here."""
+    """[FileRef, ...] -> (sha256, FileRef) per file; empty or unreadable files are rejected here."""
 
-    def process(self, ref: FileRef):
-        try:
-            with FileSystems.open(ref.path) as f:
-                data = f.read()
-        except Exception as e:  # the filesystem's own error names the problem
-            yield reject(ref, "unreadable", f"The file cannot be read ({e}).")
-            return
-        if not data:
-            yield reject(ref, "empty", "The file is empty (0 bytes).")
-            return
-        yield hashlib.sha256(data).hexdigest(), ref
+    def process(self, refs: list):
+        for ref in refs:
+            try:
+                with FileSystems.open(ref.path) as f:
+                    data = f.read()
+            except Exception as e:  # the filesystem's own error names the problem
+                yield reject(ref, "unreadable", f"The file cannot be read ({e}).")
+                continue
+            if not data:
+                yield reject(ref, "empty", "The file is empty (0 bytes).")
+                continue
+            yield hashlib.sha256(data).hexdigest(), ref
 
 
 def keep_first(item):
@@ -240,12 +280,17 @@ def keep_first(item):
     yield sha256, kept
 
 
-class ToExample(beam.DoFn):
-    """(sha256, FileRef) -> (split, serialized tf.train.Example), or a rejection.
+class ToExamples(beam.DoFn):
+    """A batch of (sha256, FileRef) -> (split, [serialized tf.train.Example, ...]) per split, or rejections.
 
-    Statistics of the written images are pre-aggregated per bundle and emitted
-    once per bundle on the 'stats' output: per-image histograms would move
-    0.5 MiB per image through the runner.
+    One call per batch of tens of images (beam.BatchElements in front): each
+    image is decoded, converted to LAB through the table and PNG-encoded, the
+    histograms of the whole batch are counted at once, and each split's
+    records leave as one element, so Beam's per-element cost is paid per
+    batch. A file that fails is rejected alone; the rest of its batch is
+    written. Statistics of the written images are pre-aggregated per bundle
+    and emitted once per bundle on the 'stats' output: per-image histograms
+    would move 0.5 MiB per image through the runner.
     """
 
     def __init__(self, config: IngestConfig):
@@ -256,6 +301,7 @@ class ToExample(beam.DoFn):
 
         self._lab = LabTable()
         self._statistics = IngestStatistics()
+        self._split_names = [name for name, _ in self._config.splits]
 
     def start_bundle(self):
         self._bundle_stats = self._statistics.create_accumulator()
@@ -287,46 +333,63 @@ class ToExample(beam.DoFn):
                 Metrics.counter(_NAMESPACE, "decode_memory_retries").inc()
                 time.sleep(wait)
 
-    def process(self, item):
-        from components.color import unpack
+    def _crop(self, ref: FileRef):
+        """The file's (crop, colorfulness), or the rejection to emit."""
         from components.decode import RejectedImage
-        from schemas import encode_png, make_example
 
-        sha256, ref = item
-        cfg = self._config
         try:
             with FileSystems.open(ref.path) as f:
                 data = f.read()
         except Exception as e:  # the file vanished or the filesystem failed since it was hashed
-            yield reject(ref, "unreadable", f"The file cannot be read ({e}).")
-            return
+            return reject(ref, "unreadable", f"The file cannot be read ({e}).")
         try:
             decoded = self._decode(data)
         except RejectedImage as e:
-            yield reject(ref, e.reason, e.detail)
-            return
+            return reject(ref, e.reason, e.detail)
         if decoded is None:
             tries = len(MEMORY_RETRY_WAITS_S) + 1
-            yield reject(ref, "out_of_memory", f"Decoding ran out of memory on all {tries} tries; ingest this file "
-                         "on workers with more memory or lower --max_pixels.")
+            return reject(ref, "out_of_memory", f"Decoding ran out of memory on all {tries} tries; ingest this file "
+                          "on workers with more memory or lower --max_pixels.")
+        return decoded
+
+    def process(self, batch):
+        from components.color import unpack
+        from schemas import encode_png, serialize_example
+
+        cfg = self._config
+        records: dict[str, list] = {}
+        packed_codes, split_indices = [], []
+        for sha256, ref in batch:
+            decoded = self._crop(ref)
+            if isinstance(decoded, beam.pvalue.TaggedOutput):
+                yield decoded
+                continue
+            crop, colorfulness = decoded
+            packed = self._lab.packed(crop)
+            split = split_for(ref.source, ref.relpath, cfg.splits)
+            records.setdefault(split, []).append(serialize_example(
+                lab_png=encode_png(unpack(packed)),
+                height=cfg.stored_size,
+                width=cfg.stored_size,
+                source=ref.source,
+                path=ref.relpath,
+                sha256=sha256,
+                colorfulness=colorfulness,
+            ))
+            packed_codes.append(packed)
+            split_indices.append(self._split_names.index(split))
+            self._statistics.add_input(self._bundle_stats, ("written", split, ref.source, colorfulness, None, None))
+        if not packed_codes:
             return
-        crop, colorfulness = decoded
-        packed = self._lab.packed(crop)
-        example = make_example(
-            lab_png=encode_png(unpack(packed)),
-            height=cfg.stored_size,
-            width=cfg.stored_size,
-            source=ref.source,
-            path=ref.relpath,
-            sha256=sha256,
-            colorfulness=colorfulness,
-        )
-        split = split_for(ref.source, ref.relpath, cfg.splits)
-        Metrics.counter(_NAMESPACE, f"written_{split}").inc()
-        l_hist, ab_hist = histograms(packed)
-        self._statistics.add_input(self._bundle_stats, ("written", split, ref.source, colorfulness, l_hist, ab_hist))
-        self._bundle_written += 1
-        yield split, example.SerializeToString()
+        l_hist, ab_hists = batch_histograms(packed_codes, split_indices, len(self._split_names))
+        self._bundle_stats["l_hist"] += l_hist
+        for index, counts in enumerate(ab_hists):
+            if counts.any():
+                _add_ab(self._bundle_stats["ab_hist"], self._split_names[index], counts)
+        self._bundle_written += len(packed_codes)
+        for split, split_records in records.items():
+            Metrics.counter(_NAMESPACE, f"written_{split}").inc(len(split_records))
+            yield split, split_records
 
 
 # ---------------------------------------------------------------- statistics
@@ -371,8 +434,9 @@ class IngestStatistics(beam.CombineFn):
             _, split, source, colorfulness, l_hist, ab_hist = event
             acc["written"][(split, source)] = acc["written"].get((split, source), 0) + 1
             acc["colorfulness_sum"][split] = acc["colorfulness_sum"].get(split, 0.0) + colorfulness
-            acc["l_hist"] += l_hist
-            _add_ab(acc["ab_hist"], split, ab_hist)
+            if l_hist is not None:
+                acc["l_hist"] += l_hist
+                _add_ab(acc["ab_hist"], split, ab_hist)
         elif kind == "rejected":
             key = (event[1], event[2])
             acc["rejected"][key] = acc["rejected"].get(key, 0) + 1
@@ -469,19 +533,23 @@ def summarize(acc: dict, config: IngestConfig) -> dict:
 
 
 def render_ab_histogram(ab_hist: np.ndarray, scale: int = 4) -> bytes:
-    """PNG of the ab histogram, a to the right and b upwards: each bin in its colour at L=70, faded by log count."""
+    """PNG of the ab histogram, a to the right and b upwards: each bin in its colour at L=70, faded by log count.
+
+    The colours come from LittleCMS (Pillow), not TensorFlow: the job's last step then imports no TensorFlow.
+    """
     import io
 
-    from PIL import Image
+    from PIL import Image, ImageCms
 
-    from components.color import lab_to_rgb
-    from schemas import AB_OFFSET
+    from components.decode import lab_to_srgb_transform
+    from schemas import AB_OFFSET, L_SCALE
 
     bins = ab_hist.shape[0]
-    centres = np.arange(bins) * AB_BIN + AB_BIN / 2.0 - AB_OFFSET
+    centres = np.round(np.arange(bins) * AB_BIN + AB_BIN / 2.0 - AB_OFFSET).astype(np.int8).view(np.uint8)
     a, b = np.meshgrid(centres, centres, indexing="ij")
-    lab = np.stack([np.full_like(a, 70.0), a, b], axis=-1).astype(np.float32)
-    rgb = np.asarray(lab_to_rgb(lab))
+    lab = np.stack([np.full_like(a, round(70 * L_SCALE)), a, b], axis=-1)
+    rgb = np.asarray(ImageCms.applyTransform(Image.frombytes("LAB", (bins, bins), lab.tobytes()),
+                                             lab_to_srgb_transform())) / 255.0
     weight = np.log1p(ab_hist.astype(np.float64))
     weight = (weight / weight.max() if weight.max() > 0 else weight)[..., None]
     picture = rgb * weight + 1.0 * (1.0 - weight)  # white where nothing is
@@ -536,8 +604,10 @@ class IngestImages(beam.PTransform):
             | "GroupByContent" >> beam.GroupByKey()
             | "DropDuplicates" >> beam.FlatMap(keep_first).with_outputs("duplicates", main="unique")
         )
-        converted = unique.unique | "ToExample" >> beam.ParDo(ToExample(cfg)).with_outputs(
-            "rejected", "stats", main="examples"
+        converted = (
+            unique.unique
+            | "Batch" >> beam.BatchElements(min_batch_size=BATCH_SIZES[0], max_batch_size=BATCH_SIZES[1])
+            | "ToExamples" >> beam.ParDo(ToExamples(cfg)).with_outputs("rejected", "stats", main="examples")
         )
 
         for split, _ in cfg.splits:

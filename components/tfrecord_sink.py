@@ -80,12 +80,16 @@ class _TFRecordSink(filebasedsink.FileBasedSink):
             compressed = igzip.IGzipFile(fileobj=raw, mode="wb", compresslevel=self._compresslevel)
         return _Handle(raw, compressed)
 
-    def write_encoded_record(self, file_handle, encoded_value):
-        file_handle.write(tfrecord_frame(encoded_value))
+    def write_record(self, file_handle, value):
+        """`value` is one serialized record, or a list of them (one element per batch of images)."""
+        records = (value,) if isinstance(value, bytes) else value
+        file_handle.write(b"".join(tfrecord_frame(record) for record in records))
 
 
 class WriteToTFRecord(beam.PTransform):
     """Writes serialized records to `<prefix>-SSSSS-of-NNNNN<suffix>`, one shard per bundle.
+
+    Each element is one serialized record or a list of them, written in order.
 
     gzip=True gives GZIP-compressed files (suffix `.tfrecord.gz`). The number
     of shards is left to the runner: fixing it would force a shuffle of every

@@ -51,6 +51,7 @@ from schemas.examples import (  # noqa: F401
     encode_png,
     feature_spec,
     make_example,
+    serialize_example,
     parse_examples,
     quantize_lab,
     schema_pbtxt,

@@ -59,6 +59,20 @@ def test_histograms_count_every_pixel_in_the_right_bin():
     assert binned.shape == (64, 64) and binned[148 // 4, 88 // 4] == 20
 
 
+def test_batch_histograms_equal_the_sum_of_per_image_histograms_per_split(monkeypatch):
+    rng = np.random.default_rng(0)
+    packed = [rng.integers(0, 1 << 24, size=(h, w), dtype=np.uint32) for h, w in ((6, 7), (5, 5), (9, 4), (3, 8))]
+    splits = [2, 0, 2, 1]
+    monkeypatch.setattr(example_gen, "HISTOGRAM_CHUNK_PIXELS", 60)  # several bincount chunks, one image alone
+    l_hist, ab_hists = example_gen.batch_histograms(packed, splits, 3)
+    singles = [example_gen.histograms(p) for p in packed]
+    assert np.array_equal(l_hist, sum(l for l, _ in singles))
+    for split in range(3):
+        expected = sum((ab for (_, ab), s in zip(singles, splits) if s == split), np.zeros((256, 256), np.int64))
+        assert np.array_equal(ab_hists[split], expected), split
+    assert int(ab_hists.sum()) == sum(p.size for p in packed)
+
+
 # ---------------------------------------------------------------- Beam transforms
 
 
@@ -86,7 +100,7 @@ def test_read_and_hash_rejects_empty_and_missing_files(tmp_path):
     empty.write_bytes(b"")
     refs = [FileRef("s", n, str(tmp_path / n)) for n in ("good.jpg", "empty.jpg", "gone.jpg")]
     with TestPipeline() as p:
-        out = p | beam.Create(refs) | beam.ParDo(example_gen.ReadAndHash()).with_outputs("rejected", main="hashed")
+        out = p | beam.Create([refs]) | beam.ParDo(example_gen.ReadAndHash()).with_outputs("rejected", main="hashed")
         assert_that(
             out.hashed | beam.Map(lambda kv: kv[1].relpath), equal_to(["good.jpg"]), label="hashed"
         )
@@ -108,7 +122,7 @@ def test_to_example_writes_decodable_lab_and_rejects_with_reason(tmp_path):
     config = IngestConfig(sources=(("s", str(tmp_path)),), output_dir=str(tmp_path), stored_size=64, min_side=64)
     refs = [("0" * 64, FileRef("s", n, str(tmp_path / n))) for n in ("ok.png", "text.jpg")]
     with TestPipeline() as p:
-        out = p | beam.Create(refs) | beam.ParDo(example_gen.ToExample(config)).with_outputs(
+        out = p | beam.Create([refs]) | beam.ParDo(example_gen.ToExamples(config)).with_outputs(
             "rejected", "stats", main="examples"
         )
         assert_that(
@@ -116,12 +130,66 @@ def test_to_example_writes_decodable_lab_and_rejects_with_reason(tmp_path):
             equal_to([("text.jpg", "not_an_image")]),
             label="rejected",
         )
-        assert_that(out.examples | beam.Map(lambda x: x[0] in ("train", "eval", "test")), equal_to([True]), label="ok")
+        assert_that(
+            out.examples | beam.Map(lambda x: (x[0] in ("train", "eval", "test"), len(x[1]))), equal_to([(True, 1)]),
+            label="ok",
+        )
         assert_that(
             out.stats | beam.Map(lambda e: (e[0], sum(e[1]["written"].values()), int(e[1]["l_hist"].sum()))),
             equal_to([("partial", 1, 64 * 64)]),
             label="stats",
         )
+
+
+def test_a_corrupt_image_inside_a_batch_is_rejected_alone_and_the_rest_written(tmp_path):
+    import tensorflow as tf
+
+    from PIL import Image
+
+    from schemas import decode_lab, parse_examples
+
+    names = [f"img{i:02d}.png" for i in range(12)]
+    for i, name in enumerate(names):
+        rgb = np.zeros((72, 72, 3), np.uint8)
+        rgb[:, :36] = (200, 20 * i, 40)
+        rgb[:, 36:] = (30, 60, 210)
+        Image.fromarray(rgb).save(tmp_path / name)
+    good = (tmp_path / names[5]).read_bytes()
+    (tmp_path / names[5]).write_bytes(good[: len(good) // 2])  # cut short in the middle of the batch
+    (tmp_path / names[9]).write_bytes(b"not an image at all")
+    config = IngestConfig(sources=(("s", str(tmp_path)),), output_dir=str(tmp_path), stored_size=64, min_side=64)
+    batch = [(f"{i:064x}", FileRef("s", n, str(tmp_path / n))) for i, n in enumerate(names)]
+    with TestPipeline() as p:
+        out = p | beam.Create([batch]) | beam.ParDo(example_gen.ToExamples(config)).with_outputs(
+            "rejected", "stats", main="examples"
+        )
+        assert_that(
+            out.rejected | beam.Map(lambda r: (os.path.basename(r["path"]), r["reason"])),
+            equal_to([("img05.png", "truncated"), ("img09.png", "not_an_image")]),
+            label="rejected",
+        )
+        records = out.examples | beam.FlatMap(lambda x: [(x[0], r) for r in x[1]])
+        expected = [n for n in names if n not in ("img05.png", "img09.png")]
+
+        def check_records(found):
+            parsed = parse_examples(tf.constant([r for _, r in found]))
+            paths = [v.decode() for v in parsed["image/path"].numpy()]
+            assert sorted(paths) == expected
+            for (split, _), path in zip(found, paths):
+                assert split == example_gen.split_for("s", path, config.splits)
+            for png in parsed["image/lab_png"].numpy():
+                assert decode_lab(png).shape == (64, 64, 3)
+
+        assert_that(records, check_records, label="written")
+        assert_that(
+            out.stats | beam.Map(lambda e: (sum(e[1]["written"].values()), int(e[1]["l_hist"].sum()),
+                                            int(sum(c.sum() for c in e[1]["ab_hist"].values())))),
+            equal_to([(10, 10 * 64 * 64, 10 * 64 * 64)]),
+            label="stats",
+        )
+    counters = {r.key.metric.name: r.committed for r in p.result.metrics().query()["counters"]}
+    assert counters["rejected_truncated"] == counters["rejected_not_an_image"] == 1
+    assert sum(v for k, v in counters.items() if k.startswith("written_")) == 10
 
 
 def test_a_memory_error_while_decoding_is_retried_and_counted_apart_from_corrupt_files(tmp_path, monkeypatch):
@@ -151,7 +219,7 @@ def test_a_memory_error_while_decoding_is_retried_and_counted_apart_from_corrupt
     config = IngestConfig(sources=(("s", str(tmp_path)),), output_dir=str(tmp_path), stored_size=64, min_side=64)
     refs = [(str(i) * 64, FileRef("s", n, str(tmp_path / n))) for i, n in enumerate(names)]
     with TestPipeline() as p:
-        out = p | beam.Create(refs) | beam.ParDo(example_gen.ToExample(config)).with_outputs(
+        out = p | beam.Create([refs]) | beam.ParDo(example_gen.ToExamples(config)).with_outputs(
             "rejected", "stats", main="examples"
         )
         assert_that(
@@ -160,7 +228,7 @@ def test_a_memory_error_while_decoding_is_retried_and_counted_apart_from_corrupt
                        "file on workers with more memory or lower --max_pixels.")]),
             label="rejected",
         )
-        assert_that(out.examples | beam.Map(lambda x: 1), equal_to([1, 1]), label="written")
+        assert_that(out.examples | beam.FlatMap(lambda x: x[1]) | beam.Map(lambda r: 1), equal_to([1, 1]), label="written")
         assert_that(out.stats | beam.Map(lambda e: sum(e[1]["written"].values())), equal_to([2]), label="stats")
     assert calls == {"flaky.png": 2, "hopeless.png": 3, "fine.png": 1}
     counters = {r.key.metric.name: r.committed for r in p.result.metrics().query()["counters"]}

@@ -114,6 +114,33 @@ def _example(**overrides):
     return make_example(**fields)
 
 
+def test_serialize_example_writes_what_tensorflow_reads_and_the_same_bytes_every_time():
+    import tensorflow as tf
+    from tensorflow.core.example import example_pb2
+
+    from schemas import parse_examples, serialize_example
+
+    png = encode_png(np.arange(12 * 10 * 3, dtype=np.uint8).reshape(12, 10, 3))
+    fields = dict(lab_png=png, height=12, width=10, source="lfw", path="Zoë/Zoë_0001.jpg", sha256="ab" * 32,
+                  colorfulness=33.25)
+    serialized = serialize_example(**fields)
+    assert serialized == serialize_example(**fields)
+    expected = example_pb2.Example()
+    feature = expected.features.feature
+    feature["image/lab_png"].bytes_list.value.append(png)
+    feature["image/height"].int64_list.value.append(12)
+    feature["image/width"].int64_list.value.append(10)
+    feature["image/source"].bytes_list.value.append(b"lfw")
+    feature["image/path"].bytes_list.value.append("Zoë/Zoë_0001.jpg".encode("utf-8"))
+    feature["image/sha256"].bytes_list.value.append(b"ab" * 32)
+    feature["image/colorfulness"].float_list.value.append(33.25)
+    assert example_pb2.Example.FromString(serialized) == expected
+    assert check_example(serialized, stored_size=None) == []
+    parsed = parse_examples(tf.constant([serialized]))
+    assert parsed["image/lab_png"].numpy()[0] == png and parsed["image/path"].numpy()[0].decode() == "Zoë/Zoë_0001.jpg"
+    assert int(parsed["image/height"][0]) == 12 and float(parsed["image/colorfulness"][0]) == 33.25
+
+
 def test_check_example_accepts_a_good_record_and_names_each_problem():
     assert check_example(_example().SerializeToString(), stored_size=8) == []
     assert check_example(b"\x00garbage") != []

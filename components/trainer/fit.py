@@ -250,6 +250,9 @@ def train(config: TrainConfig) -> TrainResult:
             )
             if multi_worker:
                 _work_around_keras_multi_worker_bugs(fitted, train_ds)
+            print(f"trainer: XLA {'on' if fitted.jit_compile else 'off'} (Keras's jit_compile='auto': on with a GPU "
+                  "and no distribution strategy, off on CPU, where benchmarks/accelerator_benchmark.py measured it "
+                  "slower), input pipeline parallelism tf.data AUTOTUNE on all cores", flush=True)
             nan_stop, throughput = _NaNStop(), _Throughput(global_batch)
             budget = None if config.max_minutes is None else _TimeBudget(
                 config.max_minutes, strategy, decay=config.lr_decay == "budget")

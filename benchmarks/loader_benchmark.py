@@ -1,0 +1,301 @@
+"""Loader benchmark: the training input pipeline per core, its stages, and the stored encoding's alternatives.
+
+Three measurements, each in its own subprocess (this module re-run with a
+hidden --child mode), on records the project's ingest job wrote from
+LFW-like synthetic JPEGs (250x250 stored, one split; the training
+benchmark's data, made once under --workdir and reused):
+
+1. Scaling with cores. Examples/s of `loader.make_dataset(training=True,
+   repeat=True)` at --image_size, --batch_size, iterated with no model after
+   20 warm-up batches, for each --cores value N: the child is pinned to N
+   cores with `taskset` and TensorFlow is told N (intra- and inter-op
+   threads, and the dataset's private thread pool). Per core = examples/s / N.
+2. Per-core cost of each stage, one core, one thread: cumulative tf.data
+   pipelines over the same records held in memory (batch -> parse ->
+   unbatch, + decode of the stored PNG, + random crop and flip, + scaling:
+   dequantise and split into L and ab / 128, then batch); a stage's cost is
+   the difference between consecutive pipelines, in microseconds per
+   example. Reading the GZIP TFRecord files is measured alone.
+3. The stored encoding's alternatives: the same images (the stored LAB
+   codes, decoded once) written as records holding the PNG (today's format),
+   the raw 8-bit codes in GZIP TFRecords, and the raw codes uncompressed;
+   bytes per record on disk and examples/s on one core of read + parse +
+   decode (the rest of the loader does not depend on the encoding).
+
+Run (from the repository root; a quiet machine):
+
+    python -m benchmarks.loader_benchmark --images 2000 --cores 1 2 --image_size 224 \\
+        --batch_size 48 --workdir /tmp/loader_bench
+
+It prints the three tables and, last, the headline; the results go to
+<workdir>/loader_benchmark.json too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.ingest_benchmark import ensure_data
+from benchmarks.measure import (
+    child_env,
+    emit_result,
+    failure_reason,
+    machine_info,
+    parse_result,
+    print_table,
+    run_measured,
+    usable_cores,
+)
+from benchmarks.training_benchmark import LOADER_WARMUP_BATCHES, SEED, ensure_examples
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TARGET_PER_CORE = 1000.0  # examples/s per core at 224: what a GPU host's 8-16 cores per device must each feed
+FORMATS = ("png", "raw_gzip", "raw")
+
+
+# ---------------------------------------------------------------- child processes (the measured work)
+
+
+def limit_threads(cores: int):
+    """TensorFlow told to use `cores` threads; returns tf.data Options with the same private thread pool."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(cores)
+    tf.config.threading.set_inter_op_parallelism_threads(cores)
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = cores
+    return options
+
+
+def loader_rate(examples: str, image_size: int, batch_size: int, batches: int, cores: int) -> dict:
+    """examples/s of the training loader alone on `cores` threads, after LOADER_WARMUP_BATCHES."""
+    options = limit_threads(cores)
+    from components import loader
+
+    ds = loader.make_dataset(examples, "train", image_size=image_size, batch_size=batch_size, training=True,
+                             repeat=True, seed=SEED).with_options(options)
+    it = iter(ds)
+    for _ in range(LOADER_WARMUP_BATCHES):
+        next(it)
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    seconds = time.perf_counter() - t0
+    return {"cores": cores, "affinity": len(os.sched_getaffinity(0)), "examples": batches * batch_size,
+            "seconds": seconds, "examples_per_s": batches * batch_size / seconds,
+            "seconds_per_batch": seconds / batches}
+
+
+PASSES = 5
+
+
+def _time_datasets(datasets: dict, passes: int = PASSES) -> dict:
+    """Best of `passes` full iterations of each dataset, in seconds; the datasets take turns in every pass, so a
+    busy moment of the machine does not fall on one of them only."""
+    best = {name: float("inf") for name in datasets}
+    for _ in range(passes):
+        for name, ds in datasets.items():
+            t0 = time.perf_counter()
+            for _ in ds:
+                pass
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
+
+
+def child_stages(examples: str, image_size: int, batch_size: int, workdir: str) -> dict:
+    """One core, one thread: per-example cost of each loader stage, and of each stored encoding."""
+    options = limit_threads(1)
+    import numpy as np
+    import tensorflow as tf
+
+    import schemas
+    from components import loader
+
+    files = loader.example_files(examples, "train")
+    records = list(tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator())
+    n = len(records)
+
+    def parsed():
+        return tf.data.Dataset.from_tensor_slices(records).batch(batch_size).map(
+            lambda s: loader._parse(s, False)).unbatch()
+
+    def decode(f):
+        return tf.io.decode_png(f["lab_png"], channels=3, dtype=tf.uint8)
+
+    def crop_flip(codes):
+        codes = tf.image.random_crop(codes, [image_size, image_size, 3], seed=SEED)
+        return tf.image.random_flip_left_right(codes, seed=SEED + 1)
+
+    def scale(codes):  # as loader._to_model_io does after the decode, crop and flip; one image or a batch
+        lab = schemas.dequantize_lab(codes)
+        return lab[..., :1], lab[..., 1:] / schemas.AB_SCALE
+
+    pipelines = {
+        "parse": parsed(),
+        "decode": parsed().map(decode),
+        "crop_flip": parsed().map(decode).map(crop_flip),
+        "scaling": parsed().map(decode).map(crop_flip).map(scale).batch(batch_size),
+    }
+    timed = {name: ds.with_options(options) for name, ds in pipelines.items()}
+    # the alternative: batch the 8-bit codes, then scale a whole batch at once
+    timed["per_batch"] = parsed().map(decode).map(crop_flip).batch(batch_size).map(scale).with_options(options)
+    timed["read"] = tf.data.TFRecordDataset(files, compression_type="GZIP").with_options(options)
+    seconds = _time_datasets(timed)
+    stages_us, previous = {}, 0.0
+    for name in pipelines:
+        stages_us[name] = (seconds[name] - previous) / n * 1e6
+        previous = seconds[name]
+    read_s = seconds["read"]
+    scaling_per_batch_us = (seconds["per_batch"] - seconds["crop_flip"]) / n * 1e6
+    stages_us["read_gzip"] = read_s / n * 1e6
+    full_us = seconds["scaling"] / n * 1e6 + stages_us["read_gzip"]
+
+    # the alternatives: the same stored codes, three encodings
+    spec = {schemas.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string)}
+    codes = [c.numpy() for c in tf.data.Dataset.from_tensor_slices(records).map(
+        lambda s: tf.io.decode_png(tf.io.parse_single_example(s, spec)[schemas.IMAGE_KEY], channels=3))]
+    side = codes[0].shape[0]
+    formats, readers, paths = {}, {}, {}
+    for fmt in FORMATS:
+        path = paths[fmt] = os.path.join(workdir, f"format_{fmt}.tfrecord" + (".gz" if fmt == "raw_gzip" else ""))
+        compression = "GZIP" if fmt == "raw_gzip" else ""
+        with tf.io.TFRecordWriter(path, tf.io.TFRecordOptions(compression_type=compression)) as writer:
+            for c, record in zip(codes, records):
+                example = tf.train.Example.FromString(record)
+                if fmt != "png":  # the PNG record is today's, as written; the others hold the raw codes
+                    example.features.feature[schemas.IMAGE_KEY].bytes_list.value[0] = c.tobytes()
+                writer.write(example.SerializeToString())
+        if fmt == "png":
+            decoder = lambda b: tf.io.decode_png(b, channels=3, dtype=tf.uint8)  # noqa: E731
+        else:
+            decoder = lambda b: tf.reshape(tf.io.decode_raw(b, tf.uint8), [side, side, 3])  # noqa: E731
+        readers[fmt] = (tf.data.TFRecordDataset(path, compression_type=compression).batch(batch_size)
+                        .map(lambda s: tf.io.parse_example(s, spec)[schemas.IMAGE_KEY]).unbatch().map(decoder)
+                        .with_options(options))
+    seconds = _time_datasets(readers)
+    for fmt in FORMATS:
+        check = next(iter(readers[fmt])).numpy()
+        formats[fmt] = {"bytes_per_record": os.path.getsize(paths[fmt]) / n, "examples_per_s_one_core": n / seconds[fmt],
+                        "us_per_example": seconds[fmt] / n * 1e6, "round_trip_exact": bool(np.array_equal(check, codes[0]))}
+        os.remove(paths[fmt])
+    return {"records": n, "stored_side": side, "stages_us": stages_us, "full_us": full_us,
+            "scaling_per_batch_us": scaling_per_batch_us,
+            "one_core_examples_per_s": 1e6 / full_us, "formats": formats}
+
+
+def _child_main(args: argparse.Namespace) -> int:
+    if args.child == "loader":
+        result = loader_rate(args.examples, args.image_size, args.batch_size, args.batches, args.child_cores)
+    else:
+        result = child_stages(args.examples, args.image_size, args.batch_size, args.workdir)
+    emit_result(result)
+    return 0
+
+
+# ---------------------------------------------------------------- the driver
+
+
+def pinned(cores: int) -> list[str]:
+    """`taskset` onto the first `cores` cores this process may use."""
+    allowed = sorted(os.sched_getaffinity(0))[:cores]
+    return ["taskset", "-c", ",".join(map(str, allowed))]
+
+
+def run_child(child_args: list[str], cores: int, timeout: float) -> dict:
+    cmd = pinned(cores) + [sys.executable, "-m", "benchmarks.loader_benchmark", "--child", *child_args]
+    m = run_measured(cmd, cwd=str(REPO_ROOT), env=child_env(REPO_ROOT), timeout=timeout)
+    result = parse_result(m)
+    failure = failure_reason(m, result) or (None if result else "no result")
+    if failure:
+        tail = "\n".join(m.stdout_tail.splitlines()[-10:])
+        raise RuntimeError(f"{' '.join(cmd)} failed ({failure}):\n{tail}")
+    return {**result, "wall_s": round(m.wall_s, 1), "peak_rss_bytes": m.peak_rss_bytes}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.loader_benchmark",
+        description="The training loader's examples/s per core, the cost of each of its stages, and the stored "
+        "encoding's alternatives (PNG, raw + GZIP, raw).",
+    )
+    parser.add_argument("--images", type=int, default=2000, help="records to ingest and read (default 2000)")
+    parser.add_argument("--cores", type=int, nargs="+", default=None,
+                        help="core counts to pin the loader to (default 1 2 ... up to this machine's usable cores)")
+    parser.add_argument("--image_size", type=int, default=224, help="training crop side (default 224)")
+    parser.add_argument("--batch_size", type=int, default=48, help="batch size (default 48)")
+    parser.add_argument("--batches", type=int, default=60, help="timed batches per loader run (default 60)")
+    parser.add_argument("--workdir", default="/tmp/loader_bench", help="data and the JSON (default /tmp/loader_bench)")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds before one child is killed")
+    parser.add_argument("--child", choices=("loader", "stages"), help=argparse.SUPPRESS)
+    parser.add_argument("--examples", help=argparse.SUPPRESS)
+    parser.add_argument("--child_cores", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return _child_main(args)
+
+    usable = usable_cores()
+    cores = sorted(set(args.cores or range(1, usable + 1)))
+    if any(c < 1 or c > usable for c in cores):
+        parser.error(f"--cores must be between 1 and this machine's {usable} usable cores")
+    workdir = Path(args.workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    data = ensure_data(workdir, args.images)
+    examples, records = ensure_examples(workdir, data, args.images, None, min(2, usable), args.timeout)
+    common = ["--examples", examples, "--image_size", str(args.image_size), "--batch_size", str(args.batch_size),
+              "--workdir", str(workdir)]
+
+    scaling = []
+    for n in cores:
+        r = run_child(["loader", *common, "--batches", str(args.batches), "--child_cores", str(n)], n, args.timeout)
+        print(f"loader on {n} core(s): {r['examples_per_s']:.0f} examples/s", flush=True)
+        scaling.append(r)
+    stages = run_child(["stages", *common], 1, args.timeout)
+
+    print()
+    print(f"Loader at {args.image_size}x{args.image_size} from {records} records stored at "
+          f"{stages['stored_side']}x{stages['stored_side']}, batch {args.batch_size}; {usable} usable cores.")
+    print()
+    print_table(["cores", "examples/s", "per core", "ms per batch", f"x target {TARGET_PER_CORE:.0f}/core"],
+                [[r["cores"], f"{r['examples_per_s']:.0f}", f"{r['examples_per_s'] / r['cores']:.0f}",
+                  f"{r['seconds_per_batch'] * 1e3:.1f}", f"{r['examples_per_s'] / r['cores'] / TARGET_PER_CORE:.2f}"]
+                 for r in scaling])
+    print()
+    us = stages["stages_us"]
+    names = {"read_gzip": "read GZIP TFRecords", "parse": "parse (batched)", "decode": "decode the stored PNG",
+             "crop_flip": "random crop + flip", "scaling": "scaling (dequantise, L and ab/128) + batch"}
+    print_table(["stage (one core, one thread)", "us per example", "share"],
+                [[names[k], f"{us[k]:.0f}", f"{us[k] / stages['full_us']:.0%}"] for k in names]
+                + [["all", f"{stages['full_us']:.0f}", "100%"]])
+    print(f"(batching the 8-bit codes and scaling a whole batch instead: {stages['scaling_per_batch_us']:.0f} us "
+          "per example)")
+    print()
+    formats = stages["formats"]
+    print_table(["stored encoding", "KiB per record", "examples/s, one core (read + parse + decode)", "exact"],
+                [[fmt, f"{f['bytes_per_record'] / 1024:.1f}", f"{f['examples_per_s_one_core']:.0f}",
+                  "yes" if f["round_trip_exact"] else "NO"] for fmt, f in formats.items()])
+    best = max(scaling, key=lambda r: r["cores"])
+    per_core = best["examples_per_s"] / best["cores"]
+    bottleneck = max(("decode", "crop_flip", "scaling", "read_gzip", "parse"), key=lambda k: us[k])
+    line = (f"headline: loader {per_core:.0f} examples/s per core at {args.image_size} on {best['cores']} core(s) "
+            f"(target {TARGET_PER_CORE:.0f}); costliest stage: {names[bottleneck]} ({us[bottleneck]:.0f} us); "
+            f"raw+GZIP records {formats['raw_gzip']['bytes_per_record'] / formats['png']['bytes_per_record']:.2f}x "
+            f"the PNG size, decoded {formats['raw_gzip']['examples_per_s_one_core'] / formats['png']['examples_per_s_one_core']:.2f}x "
+            f"as fast; raw {formats['raw']['bytes_per_record'] / formats['png']['bytes_per_record']:.2f}x, "
+            f"{formats['raw']['examples_per_s_one_core'] / formats['png']['examples_per_s_one_core']:.2f}x")
+    out = {"benchmark": "loader", "command": " ".join(["python", "-m", "benchmarks.loader_benchmark", *(argv or sys.argv[1:])]),
+           "machine": machine_info(), "config": vars(args), "records": records, "scaling": scaling,
+           "stages": stages, "headline": line}
+    json_path = workdir / "loader_benchmark.json"
+    json_path.write_text(json.dumps(out, indent=1))
+    print(f"results: {json_path}")
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
