@@ -579,7 +579,7 @@ def serving_commands(serving_dir: str, model_name: str) -> list[str]:
     """The two commands that serve the published models and colorize a photo with them."""
     return [
         f"python -m serving.server --model_config_file {mf.join(serving_dir, artifacts.MODELS_CONFIG_FILE)} "
-        f"--model_config_file_poll_wait_seconds 60 --enable_batching "
+        f"--model_config_file_poll_wait_seconds 10 --enable_batching "
         f"--batching_parameters_file {mf.join(serving_dir, artifacts.BATCHING_FILE)} "
         f"--monitoring_config_file {mf.join(serving_dir, artifacts.MONITORING_FILE)}",
         f"python -m serving.client --server localhost:8500 --model_name {model_name} PHOTO.jpg --output_dir colorized",
