@@ -59,6 +59,7 @@ from benchmarks.measure import (
     print_table,
     run_measured,
     usable_cores,
+    write_results,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -92,20 +93,21 @@ def mixed_policy(kind: str) -> tuple[str | None, str]:
     return None, "the CPU lacks avx512_bf16/amx_bf16: bfloat16 would be emulated"
 
 
-def _peak_rss_bytes() -> int:
-    with open("/proc/self/status") as f:
+def _proc_bytes(path: str, field: str) -> int:
+    """A "<field>: N kB" line of a /proc file, in bytes; 0 when it is missing."""
+    with open(path) as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def _peak_rss_bytes() -> int:
+    return _proc_bytes("/proc/self/status", "VmHWM")
 
 
 def _available_bytes() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return _proc_bytes("/proc/meminfo", "MemAvailable")
 
 
 def _build(model: str, backbone: str | None, image_size: int):
@@ -405,10 +407,7 @@ def main(argv: list[str] | None = None) -> int:
            + " ".join(argv if argv is not None else sys.argv[1:]), "machine": machine_info(device=kind, gpus=env["gpus"]),
            "defaults": env, "train": train, "best": best, "loader": loader, "serving": serving, "skipped": skipped,
            "seconds": time.time() - start, "headline": line}
-    json_path = workdir / "accelerator_benchmark.json"
-    json_path.write_text(json.dumps(out, indent=1))
-    print(f"results: {json_path}")
-    print(line)
+    write_results(workdir / "accelerator_benchmark.json", out)
     return 0
 
 

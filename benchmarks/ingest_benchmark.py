@@ -70,6 +70,7 @@ from benchmarks.measure import (
     machine_info,
     run_measured,
     usable_cores,
+    write_results,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -468,10 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "headline": line,
     }
-    json_path = workdir / "ingest_benchmark.json"
-    json_path.write_text(json.dumps(out, indent=1))
-    print(f"results: {json_path}")
-    print(line)
+    write_results(workdir / "ingest_benchmark.json", out)
     return 0
 
 

@@ -34,7 +34,6 @@ It prints the three tables and, last, the headline; the results go to
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -50,6 +49,7 @@ from benchmarks.measure import (
     print_table,
     run_measured,
     usable_cores,
+    write_results,
 )
 from benchmarks.training_benchmark import LOADER_WARMUP_BATCHES, SEED, ensure_examples
 
@@ -290,10 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {"benchmark": "loader", "command": " ".join(["python", "-m", "benchmarks.loader_benchmark", *(argv or sys.argv[1:])]),
            "machine": machine_info(), "config": vars(args), "records": records, "scaling": scaling,
            "stages": stages, "headline": line}
-    json_path = workdir / "loader_benchmark.json"
-    json_path.write_text(json.dumps(out, indent=1))
-    print(f"results: {json_path}")
-    print(line)
+    write_results(workdir / "loader_benchmark.json", out)
     return 0
 
 

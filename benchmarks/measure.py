@@ -290,6 +290,14 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def write_results(path, out: dict, lead: str = "") -> None:
+    """Write a benchmark's JSON to `path`, then print where it is and the headline (out["headline"])."""
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
+    print(f"{lead}results: {path}")
+    print(out["headline"])
+
+
 def machine_info(**extra) -> dict:
     """What a benchmark's JSON records about the machine it ran on."""
     import platform

@@ -101,6 +101,7 @@ from benchmarks.measure import (
     print_table,
     run_measured,
     usable_cores,
+    write_results,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -674,10 +675,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "headline": line,
     }
-    json_path = workdir / "training_benchmark.json"
-    json_path.write_text(json.dumps(out, indent=1))
-    print(f"\nresults: {json_path}")
-    print(line)
+    write_results(workdir / "training_benchmark.json", out, lead="\n")
     return 0
 
 
