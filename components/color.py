@@ -34,23 +34,107 @@ def lab_to_rgb(lab):
 # the model called on the whole batch in between) and the evaluator's historical photos (colorize, one image).
 # Only stock TensorFlow ops (tensorflow-io's colour ops are plain TF Python), so the SavedModel stays loadable
 # by stock tensorflow_model_server.
+#
+# The full-resolution work runs in strips of rows of about STRIP_PIXELS pixels, so its float intermediates
+# never exist for the whole image: besides a few strips, an image costs only its uint8 RGB in and out (and a
+# [H, min(W, S)] float image while L is downsampled). A 49-megapixel photo took 51 bytes per pixel done at
+# once; in strips it takes about a fifth of that. L is computed alone, not as a third of a full LAB
+# conversion, and from the 8-bit RGB through a 256-entry table of the sRGB decoding curve.
+
+STRIP_PIXELS = 1 << 20
+"""Pixels in one strip of the full-resolution colour work: each float intermediate of a strip is 4-12 MB."""
+
+_STRIP_PARALLELISM = 2
+"""Strips in work at once (tf.while_loop's parallel_iterations): two keep two cores busy, and bound the memory."""
+
+_SRGB_TO_LINEAR = np.where(
+    np.arange(256) / 255.0 > 0.04045, ((np.arange(256) / 255.0 + 0.055) / 1.055) ** 2.4, np.arange(256) / 255.0 / 12.92
+).astype(np.float32)
+"""sRGB's decoding curve at each 8-bit value, as rgb_to_lab applies it."""
+
+_LUMINANCE = np.array([[0.212671], [0.715160], [0.072169]], np.float32)
+"""Y from linear RGB: the row of rgb_to_lab's XYZ matrix (D65's white has Y = 1)."""
 
 
-def colorize_inputs(rgb, size: int):
-    """RGB [H, W, 3] (uint8 or float 0..255) -> (L [H, W, 1] at full resolution, L [size, size, 1] for the model)."""
+def _l_of(rgb):
+    """uint8 RGB [h, w, 3] -> CIELAB L [h, w, 1], 0..100: rgb_to_lab's L without computing a and b."""
     import tensorflow as tf
 
-    l = rgb_to_lab(tf.cast(rgb, tf.float32) / 255.0)[..., :1]
-    return l, tf.image.resize(l, [size, size], method="bilinear", antialias=True)
+    linear = tf.gather(tf.constant(_SRGB_TO_LINEAR), tf.cast(rgb, tf.int32))
+    y = tf.tensordot(linear, tf.constant(_LUMINANCE), axes=1)
+    f = tf.where(y > 0.008856, tf.pow(y, 1.0 / 3.0), y * 7.787 + 16.0 / 116.0)
+    return f * 116.0 - 16.0
 
 
-def colorize_output(l, ab):
-    """Full-resolution L [H, W, 1] + the model's ab [S, S, 2] (LAB units) -> uint8 RGB [H, W, 3]."""
+def _as_uint8(rgb):
+    """RGB as uint8: uint8 passes; floats 0..255 are rounded and clipped."""
     import tensorflow as tf
 
-    ab = tf.image.resize(ab, tf.shape(l)[:2], method="bilinear", antialias=True)
-    rgb = lab_to_rgb(tf.concat([l, ab], axis=-1))
-    return tf.cast(tf.round(rgb * 255.0), tf.uint8)
+    rgb = tf.convert_to_tensor(rgb)
+    if rgb.dtype == tf.uint8:
+        return rgb
+    return tf.cast(tf.clip_by_value(tf.round(tf.cast(rgb, tf.float32)), 0.0, 255.0), tf.uint8)
+
+
+def _by_strips(image, make_strip, dtype, channels: int):
+    """make_strip(start, stop) for rows [start, stop) of `image` [H, W, ...], strip after strip; concatenated."""
+    import tensorflow as tf
+
+    shape = tf.shape(image)
+    height, width = shape[0], shape[1]
+    rows = tf.maximum(1, STRIP_PIXELS // tf.maximum(width, 1))
+    count = (height + rows - 1) // rows
+    strips = tf.TensorArray(dtype, size=count, infer_shape=False, element_shape=tf.TensorShape([None, None, channels]))
+
+    def body(i, strips):
+        start = i * rows
+        return i + 1, strips.write(i, make_strip(start, tf.minimum(start + rows, height)))
+
+    _, strips = tf.while_loop(lambda i, _: i < count, body, (tf.constant(0), strips),
+                              parallel_iterations=_STRIP_PARALLELISM)
+    return strips.concat()
+
+
+def model_input(rgb, size: int):
+    """RGB [H, W, 3] (uint8, or float 0..255) -> L [size, size, 1] for the model (antialiased bilinear).
+
+    Separable: each strip's L is resized across to min(W, size) columns, then the [H, min(W, size)] whole
+    down to size rows (equal to one 2-D resize within float rounding).
+    """
+    import tensorflow as tf
+
+    rgb = _as_uint8(rgb)
+    columns = tf.minimum(tf.shape(rgb)[1], size)
+
+    def strip(start, stop):
+        return tf.image.resize(_l_of(rgb[start:stop]), [stop - start, columns], method="bilinear", antialias=True)
+
+    narrow = _by_strips(rgb, strip, tf.float32, 1)
+    return tf.image.resize(narrow, [size, size], method="bilinear", antialias=True)
+
+
+def colorize_output(rgb, ab):
+    """The image's RGB [H, W, 3] (its L is used) + the model's ab [S, S, 2] (LAB units) -> uint8 RGB [H, W, 3].
+
+    Each strip's ab is sampled straight from the S x S ab (ScaleAndTranslate, translated to the strip's first
+    row): the rows of one bilinear upsampling to H x W, without that H x W x 2 float image.
+    """
+    import tensorflow as tf
+
+    rgb = _as_uint8(rgb)
+    shape = tf.shape(rgb)
+    ab = tf.convert_to_tensor(ab, tf.float32)[None]
+    scale = tf.cast(shape[:2], tf.float32) / tf.cast(tf.shape(ab)[1:3], tf.float32)
+
+    def strip(start, stop):
+        ab_rows = tf.raw_ops.ScaleAndTranslate(
+            images=ab, size=tf.stack([stop - start, shape[1]]), scale=scale,
+            translation=tf.stack([-tf.cast(start, tf.float32), 0.0]), kernel_type="triangle", antialias=True,
+        )[0]
+        colour = lab_to_rgb(tf.concat([_l_of(rgb[start:stop]), ab_rows], axis=-1))
+        return tf.cast(tf.round(colour * 255.0), tf.uint8)
+
+    return _by_strips(rgb, strip, tf.uint8, 3)
 
 
 def colorize(rgb, predict_ab, size: int):
@@ -58,8 +142,7 @@ def colorize(rgb, predict_ab, size: int):
 
     `predict_ab` maps an L batch [B, size, size, 1] (0..100) to ab [B, size, size, 2] in LAB units.
     """
-    l, l_small = colorize_inputs(rgb, size)
-    return colorize_output(l, predict_ab(l_small[None])[0])
+    return colorize_output(rgb, predict_ab(model_input(rgb, size)[None])[0])
 
 
 def colorfulness(rgb: np.ndarray) -> float:

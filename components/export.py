@@ -4,9 +4,11 @@ Signatures (contracts in ../shared/DESIGN.md):
 - `serving_default`: `image_bytes` (DT_STRING [-1]: encoded JPEG/PNG/GIF/BMP,
   any size, colour or gray) -> `colorized_bytes` (DT_STRING [-1]: PNG at the
   input's own height x width). The image is decoded (gray becomes RGB, a GIF
-  gives its first frame) and converted to LAB at full resolution; the model
-  sees L resized to its training size S and its ab is resized back to
-  H x W and joined with the full-resolution L.
+  gives its first frame); the model sees its L resized to its training
+  size S, and its ab is resized back to H x W and joined with the
+  full-resolution L. The full-resolution work runs in strips of rows
+  (components.color), so a request's memory is about 12 bytes per pixel
+  beyond the model's, however large its images.
 - `predict_ab`: `l` (DT_FLOAT [-1, S, S, 1], L in 0..100) -> `ab`
   (DT_FLOAT [-1, S, S, 2], LAB units), for evaluators comparing models.
 
@@ -175,27 +177,30 @@ class ServingModule(tf.Module):
         return {AB_OUTPUT: self._ab(l)}
 
     def _prepare(self, args):
-        """One encoded image -> (L at S x S for the model, the full-resolution L serialized)."""
+        """One encoded image -> L at S x S for the model."""
         data, index = args
-        rgb = decode_rgb(data, index, self.max_pixels)
-        l, l_small = color.colorize_inputs(rgb, self.image_size)
-        return l_small, tf.io.serialize_tensor(l)
+        return color.model_input(decode_rgb(data, index, self.max_pixels), self.image_size)
 
     def _compose(self, args):
-        """Full-resolution L + the model's ab at S x S -> PNG of the colorized image at the input's size."""
-        l_serialized, ab = args
-        l = tf.ensure_shape(tf.io.parse_tensor(l_serialized, tf.float32), [None, None, 1])
-        return tf.io.encode_png(color.colorize_output(l, ab), compression=PNG_COMPRESSION)
+        """The encoded image again + the model's ab at S x S -> PNG of the colorized image at the input's size.
+
+        The image is decoded a second time rather than kept from _prepare: its full-resolution pixels then
+        exist only while one image is being composed, not for the whole batch during the model call.
+        """
+        data, ab = args
+        with tf.control_dependencies([ab]):  # after _prepare's checks: a bad image gets their sentence, not the decoder's
+            rgb = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+        return tf.io.encode_png(color.colorize_output(rgb, ab), compression=PNG_COMPRESSION)
 
     def _serve(self, image_bytes):
         index = tf.range(tf.size(image_bytes, out_type=tf.int64), dtype=tf.int64)
-        l_small, l_full = tf.map_fn(
+        l_small = tf.map_fn(
             self._prepare,
             (image_bytes, index),
-            fn_output_signature=(tf.TensorSpec([self.image_size, self.image_size, 1], tf.float32), tf.string),
+            fn_output_signature=tf.TensorSpec([self.image_size, self.image_size, 1], tf.float32),
         )
         ab = self._ab(l_small)
-        return {COLORIZED_BYTES: tf.map_fn(self._compose, (l_full, ab), fn_output_signature=tf.string)}
+        return {COLORIZED_BYTES: tf.map_fn(self._compose, (image_bytes, ab), fn_output_signature=tf.string)}
 
 
 def _image_size(model: keras.Model) -> int:
