@@ -541,3 +541,9 @@ def test_limit_flags_reach_the_server_and_bad_values_exit_2(slow_base, capsys):
     assert server_lib.main([f"--model_base_path={slow_base}", "--implementation=python",
                             "--max_queued_requests=0"]) == 2
     assert capsys.readouterr().err.strip() == "--max_queued_requests must be at least 1, got 0."
+    args = server_lib.build_parser().parse_args([f"--model_base_path={slow_base}", "--json_parse_process_bytes=0"])
+    assert server_lib.config_from_args(args).json_parse_process_bytes == 0
+    assert server_lib.main([f"--model_base_path={slow_base}", "--implementation=python",
+                            "--json_parse_process_bytes=-1"]) == 2
+    assert capsys.readouterr().err.strip() == ("--json_parse_process_bytes must be 0 (parse every body in the "
+                                               "request's thread) or more, got -1.")
