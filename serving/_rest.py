@@ -7,6 +7,8 @@
 Row ("instances") requests get {"predictions": [...]}, columnar ("inputs") ones {"outputs": ...}.
 DT_STRING values may be {"b64": "..."}; string outputs whose name ends in "_bytes" come back as
 {"b64": "..."}. Failures answer {"error": "..."} with the HTTP status of the gRPC code.
+The JSON rules live in serving._jsonparse; bodies over --json_parse_process_bytes are parsed in a
+worker process (serving._jsonpool) so that their parse does not hold this process's GIL.
 """
 
 from __future__ import annotations
