@@ -391,6 +391,7 @@ BAD_BODIES = [
 
 
 def test_a_large_json_body_is_parsed_in_a_worker_with_the_answers_of_the_in_thread_parse(slow_base):
+    assert (_jsonparse.DT_STRING, _jsonparse.DT_BOOL) == (types_pb2.DT_STRING, types_pb2.DT_BOOL)
     config = serving_config(model_base_path=slow_base, json_parse_process_bytes=100_000)
     with server_lib.serve(config) as running:
         worker = wait_for(lambda: _worker_pids(running))[0]
