@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import io
 import itertools
 import logging
@@ -37,10 +38,11 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from schemas.serving import MAX_VERSION
 from serving import _batching, _protos
+from serving._jsonparse import DEFAULT_SIGNATURE, MAX_MESSAGE_CHARS, JsonSpec, ServingError, SignatureSpecs, \
+    unknown_signature  # noqa: F401 - re-exported: the servers raise and catch _core.ServingError
 
 _log = logging.getLogger("serving.server")
 
-DEFAULT_SIGNATURE = "serving_default"
 SERVE_TAG = "serve"
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
@@ -52,17 +54,6 @@ CODE_NUMBERS = {name: number for number, name in CODE_NAMES.items()}
 _VERSION_DIR = re.compile(r"^[0-9]+$")
 _TF_NOISE = re.compile(r"^(Graph execution error:|Detected at node|<stack traces unavailable>|File \")")
 _ASSERTION = "assertion failed: ["
-MAX_MESSAGE_CHARS = 1000  # client-chosen names quoted in an error message are cut to fit
-
-
-class ServingError(Exception):
-    """A request that cannot be served; `code` is a gRPC status name, the message one sentence."""
-
-    def __init__(self, code: str, message: str):
-        if len(message) > MAX_MESSAGE_CHARS:
-            message = message[:MAX_MESSAGE_CHARS - 4] + "...."
-        super().__init__(message)
-        self.code, self.message = code, message
 
 
 def first_sentence(message: str) -> str:
@@ -109,6 +100,10 @@ class TensorSpec:
     @property
     def numpy_dtype(self) -> np.dtype:
         return np.dtype(object) if self.dtype == types_pb2.DT_STRING else tf.as_dtype(self.dtype).as_numpy_dtype
+
+    def json_spec(self) -> JsonSpec:
+        """This input as the JSON parser (serving._jsonparse, maybe in a worker process) needs it."""
+        return JsonSpec(self.name, self.dtype, dtype_name(self.dtype), np.dtype(self.numpy_dtype))
 
     def check(self, value: np.ndarray, signature: str) -> np.ndarray:
         """The value in this tensor's dtype; a wrong dtype or shape raises INVALID_ARGUMENT."""
@@ -192,10 +187,15 @@ class Servable:
     def signature(self, name: str) -> Signature:
         name = name or DEFAULT_SIGNATURE
         if name not in self.signatures:
-            raise ServingError("INVALID_ARGUMENT", f"Signature '{name}' is not in model '{self.name}' version "
-                                                   f"{self.version}; its signatures are: "
-                                                   f"{', '.join(sorted(self.signatures))}.")
+            raise unknown_signature(name, self.name, self.version, self.signatures)
         return self.signatures[name]
+
+    @functools.cached_property
+    def json_specs(self) -> SignatureSpecs:
+        """The signatures' inputs as plain data for the JSON parser."""
+        return SignatureSpecs(self.name, self.version, {
+            key: {name: spec.json_spec() for name, spec in signature.inputs.items()}
+            for key, signature in self.signatures.items()})
 
     def run(self, signature: Signature, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Calls the signature; model errors become ServingError with the model's first sentence."""
@@ -686,7 +686,7 @@ class _Admission:
             finally:
                 self._waiting -= 1
             if outcome != "done":
-                raise late if outcome == "late" else _cancelled()
+                raise late if outcome == "late" else cancelled_error()
             self._running += 1
             return ticket
 
@@ -732,7 +732,13 @@ class _Admission:
             return self._cv.wait_for(lambda: not (self._running or self._waiting or self._large), timeout)
 
 
-def _cancelled() -> ServingError:
+def deadline_exceeded(timeout: float | None) -> ServingError:
+    """The answer to a request still at work when its deadline of `timeout` seconds passes."""
+    return ServingError("DEADLINE_EXCEEDED", f"The request did not finish within its deadline of "
+                                             f"{timeout or 0:.3g} s.")
+
+
+def cancelled_error() -> ServingError:
     return ServingError("CANCELLED", "The client cancelled the request.")
 
 
@@ -771,8 +777,7 @@ class ServingCore:
         """Runs one request on `servable`: `decode()` gives its signature name and inputs. `cancelled()`
         tells whether the client has gone away; `timeout` is the seconds left of its deadline; `pixels`
         the image pixels its headers announce (0 if not read before decoding)."""
-        late = ServingError("DEADLINE_EXCEEDED", f"The request did not finish within its deadline of "
-                                                 f"{timeout or 0:.3g} s.")
+        late = deadline_exceeded(timeout)
         if timeout is not None and timeout <= 0:
             raise late
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -791,7 +796,7 @@ class ServingCore:
         if outcome != "done":
             abandoned.set()
             future.cancel()
-            raise late if outcome == "late" else _cancelled()
+            raise late if outcome == "late" else cancelled_error()
         signature, arrays, batched = future.result()
         if batched:
             try:
@@ -800,7 +805,7 @@ class ServingCore:
             except TimeoutError:
                 raise late from None
             except concurrent.futures.CancelledError:
-                raise _cancelled() from None
+                raise cancelled_error() from None
             except _batching.BatchingUnavailable as e:
                 raise ServingError("UNAVAILABLE", str(e)) from None
         return signature, {name: arrays[name] for name in wanted} if wanted else arrays

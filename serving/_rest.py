@@ -7,6 +7,8 @@
 Row ("instances") requests get {"predictions": [...]}, columnar ("inputs") ones {"outputs": ...}.
 DT_STRING values may be {"b64": "..."}; string outputs whose name ends in "_bytes" come back as
 {"b64": "..."}. Failures answer {"error": "..."} with the HTTP status of the gRPC code.
+The JSON rules live in serving._jsonparse; bodies over --json_parse_process_bytes are parsed in a
+worker process (serving._jsonpool) so that their parse does not hold this process's GIL.
 """
 
 from __future__ import annotations
@@ -27,9 +29,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 from google.protobuf import json_format
-from tensorflow.core.framework import types_pb2
 
-from serving import _core, _metrics
+from serving import _core, _jsonparse, _jsonpool, _metrics
 
 _log = logging.getLogger("serving.rest")
 
@@ -41,10 +42,6 @@ _SPEC = r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
 _PREDICT = re.compile(_SPEC + r":(classify|regress|predict)", re.IGNORECASE)
 _STATUS = re.compile(_SPEC + r"(/metadata)?", re.IGNORECASE)
 _BYTES_SUFFIX = "_bytes"
-_INT_KINDS, _NUMBER_KINDS = "iu", "iuf"
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
-_ALL_BUT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
-_DEPTH_CHUNK = 1 << 20
 _MAX_LINE = 65536  # longest chunk-size line read
 _B64_VALUE = re.compile(rb'"b64"\s*:\s*"')
 _HEADER_B64_CHARS = 1 << 17  # base64 read per image for its header before the body is parsed (96 KiB of image)
@@ -52,138 +49,6 @@ _HEADER_B64_CHARS = 1 << 17  # base64 read per image for its header before the b
 
 class BadRequest(Exception):
     """A request the HTTP layer cannot read (framing or size); answered 400 with this sentence."""
-
-
-def _error(message: str) -> _core.ServingError:
-    return _core.ServingError("INVALID_ARGUMENT", message)
-
-
-def _is_b64(value: Any) -> bool:
-    return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
-
-
-def _dense_shape(value: Any) -> list[int]:
-    shape = []
-    while isinstance(value, list):
-        shape.append(len(value))
-        if not value:
-            break
-        value = value[0]
-    return shape
-
-
-def _leaf(value: Any, spec: _core.TensorSpec) -> Any:
-    if spec.dtype == types_pb2.DT_STRING:
-        if _is_b64(value):
-            try:
-                return base64.b64decode(value["b64"], validate=True)
-            except (binascii.Error, ValueError):
-                raise _error(f"Input '{spec.name}' has a 'b64' value that is not valid base64.") from None
-        if isinstance(value, str):
-            return value.encode("utf-8")
-    elif spec.dtype == types_pb2.DT_BOOL:
-        if isinstance(value, bool):
-            return value
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        if isinstance(value, int) or np.dtype(spec.numpy_dtype).kind == "f":
-            return value
-    raise _error(f"Input '{spec.name}' has the JSON value {json.dumps(value)[:80]}, which is not of type "
-                 f"{_core.dtype_name(spec.dtype)}.")
-
-
-def _flatten(value: Any, shape: list[int], level: int, spec: _core.TensorSpec, out: list) -> None:
-    if not isinstance(value, list):
-        if level != len(shape):
-            raise _error(f"Input '{spec.name}' is not a dense tensor: a value sits at depth {level}, "
-                         f"expected {len(shape)}.")
-        out.append(_leaf(value, spec))
-        return
-    if level >= len(shape) or len(value) != shape[level]:
-        raise _error(f"Input '{spec.name}' is not a dense tensor: its lists have different lengths.")
-    for item in value:
-        _flatten(item, shape, level + 1, spec, out)
-
-
-def json_to_array(value: Any, spec: _core.TensorSpec) -> np.ndarray:
-    """A JSON value (scalar or nested lists) as an array of the spec's dtype, with TF Serving's checks."""
-    if spec.dtype not in (types_pb2.DT_STRING, types_pb2.DT_BOOL) and not isinstance(value, (bool, dict, str)):
-        try:
-            fast = np.asarray(value)
-        except ValueError:  # ragged lists: the walk below names the problem
-            fast = None
-        kinds = _INT_KINDS if np.dtype(spec.numpy_dtype).kind in _INT_KINDS else _NUMBER_KINDS
-        if fast is not None and fast.dtype.kind in kinds and fast.size:
-            return fast.astype(spec.numpy_dtype)
-    shape = _dense_shape(value)
-    flat: list = []
-    _flatten(value, shape, 0, spec, flat)
-    dtype = object if spec.dtype == types_pb2.DT_STRING else spec.numpy_dtype
-    array = np.empty(len(flat), dtype=dtype)
-    try:
-        array[:] = flat
-    except (OverflowError, ValueError):
-        raise _error(f"Input '{spec.name}' has values out of the range of {_core.dtype_name(spec.dtype)}.") from None
-    return array.reshape(shape)
-
-
-def _instances(value: Any, signature: _core.Signature) -> dict[str, np.ndarray]:
-    if not isinstance(value, list) or not value:
-        raise _error("'instances' must be a non-empty list.")
-    names = sorted(signature.inputs)
-    as_objects = isinstance(value[0], dict) and not _is_b64(value[0])
-    if not as_objects and len(names) > 1:
-        raise _error(f"'instances' is a plain list, but signature '{signature.name}' takes several inputs "
-                     f"({', '.join(names)}): send a list of objects with one key per input.")
-    rows: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    for i, item in enumerate(value):
-        if as_objects:
-            if not isinstance(item, dict) or _is_b64(item):
-                raise _error(f"Item {i} of 'instances' is not an object like the first one.")
-            if set(item) != set(names):
-                raise _error(f"Item {i} of 'instances' has keys {', '.join(sorted(item)) or 'none'}; signature "
-                             f"'{signature.name}' takes: {', '.join(names)}.")
-            values = item
-        else:
-            if isinstance(item, dict) and not _is_b64(item):
-                raise _error(f"Item {i} of 'instances' is an object, unlike the first one.")
-            values = {names[0]: item}
-        for name in names:
-            array = json_to_array(values[name], signature.inputs[name])
-            if rows[name] and array.shape != rows[name][0].shape:
-                raise _error(f"Input '{name}' has shape {list(array.shape)} in item {i} of 'instances' but "
-                             f"{list(rows[name][0].shape)} in item 0.")
-            rows[name].append(array)
-    return {name: np.stack(arrays) for name, arrays in rows.items()}
-
-
-def _columns(value: Any, signature: _core.Signature) -> dict[str, np.ndarray]:
-    names = sorted(signature.inputs)
-    if not isinstance(value, dict) or _is_b64(value):
-        if len(names) > 1:
-            raise _error(f"'inputs' is a plain value, but signature '{signature.name}' takes several inputs "
-                         f"({', '.join(names)}): send an object with one key per input.")
-        return {names[0]: json_to_array(value, signature.inputs[names[0]])}
-    for key in value:
-        if key not in signature.inputs:
-            raise _error(f"'{key}' is not an input of signature '{signature.name}'; its inputs are: "
-                         f"{', '.join(names)}.")
-    for name in names:
-        if name not in value:
-            raise _error(f"Missing named input '{name}' in the 'inputs' object.")
-    return {name: json_to_array(value[name], signature.inputs[name]) for name in names}
-
-
-def json_depth_over(body: bytes, limit: int) -> bool:
-    """Whether the JSON text nests arrays and objects deeper than `limit`, found before parsing."""
-    brackets = _JSON_STRING.sub(b"", body).translate(None, _ALL_BUT_BRACKETS)
-    depth = 0
-    for start in range(0, len(brackets), _DEPTH_CHUNK):
-        chunk = np.frombuffer(brackets, np.uint8, min(_DEPTH_CHUNK, len(brackets) - start), start)
-        levels = depth + np.cumsum(np.where((chunk == ord("[")) | (chunk == ord("{")), 1, -1), dtype=np.int64)
-        if levels.max() > limit:
-            return True
-        depth = int(levels[-1])
-    return False
 
 
 def body_images(body: bytes) -> Iterator[bytes]:
@@ -194,35 +59,6 @@ def body_images(body: bytes) -> Iterator[bytes]:
             yield base64.b64decode(text[:len(text) // 4 * 4])
         except (binascii.Error, ValueError):
             continue
-
-
-def parse_predict_body(body: bytes, servable: _core.Servable,
-                       max_depth: int) -> tuple[str, dict[str, np.ndarray], bool]:
-    """(signature name, inputs, row format?) from a predict request body."""
-    too_deep = _error(f"The JSON body nests deeper than the --max_json_depth limit of {max_depth}.")
-    if json_depth_over(body, max_depth):
-        raise too_deep
-    try:
-        doc = json.loads(body)
-    except RecursionError:
-        raise too_deep from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        where = f" at offset {e.pos}" if isinstance(e, json.JSONDecodeError) else ""
-        message = e.msg if isinstance(e, json.JSONDecodeError) else "the body is not UTF-8"
-        raise _error(f"JSON Parse error: {message}{where}.") from None
-    if not isinstance(doc, dict):
-        raise _error("The request body must be a JSON object with 'instances' or 'inputs'.")
-    name = doc.get("signature_name", _core.DEFAULT_SIGNATURE)
-    if not isinstance(name, str):
-        raise _error("'signature_name' must be a string.")
-    signature = servable.signature(name)
-    if "instances" in doc and "inputs" in doc:
-        raise _error("Send either 'instances' or 'inputs', not both.")
-    if "instances" in doc:
-        return signature.name, _instances(doc["instances"], signature), True
-    if "inputs" in doc:
-        return signature.name, _columns(doc["inputs"], signature), False
-    raise _error("Missing 'inputs' or 'instances' key.")
 
 
 def _to_json(array: np.ndarray, as_bytes: bool) -> Any:
@@ -246,7 +82,8 @@ def predict_response(outputs: dict[str, np.ndarray], rows: bool) -> dict[str, An
         return {"outputs": values if len(values) > 1 else next(iter(values.values()))}
     sizes = {a.shape[0] if a.ndim else None for a in outputs.values()}
     if len(sizes) != 1 or None in sizes:
-        raise _error("The outputs have no common batch size; send the request with 'inputs' instead.")
+        raise _core.ServingError("INVALID_ARGUMENT", "The outputs have no common batch size; send the request with "
+                                                     "'inputs' instead.")
     columns = {name: _to_json(a, name.endswith(_BYTES_SUFFIX)) for name, a in outputs.items()}
     size = sizes.pop()
     if len(columns) == 1:
@@ -258,10 +95,17 @@ class RestApi:
     """Routes one HTTP request to the core; returns (HTTP status, content type, body)."""
 
     def __init__(self, core: _core.ServingCore, metrics: _metrics.Metrics, timeout_ms: int,
-                 prometheus_path: str | None):
+                 prometheus_path: str | None, parse_process_bytes: int = 0, parse_processes: int = 1):
+        """Bodies over `parse_process_bytes` (0: none) are parsed in up to `parse_processes` worker processes."""
         self.core, self.metrics = core, metrics
         self.timeout = timeout_ms / 1000 if timeout_ms > 0 else None
         self.prometheus_path = prometheus_path
+        self.parse_process_bytes = parse_process_bytes
+        self.parse_pool = _jsonpool.ParsePool(parse_processes) if parse_process_bytes > 0 else None
+
+    def close(self) -> None:
+        if self.parse_pool is not None:
+            self.parse_pool.close()
 
     def handle(self, method: str, raw_path: str, body: bytes,
                cancelled: Callable[[], bool] | None = None) -> tuple[int, str, bytes]:
@@ -282,7 +126,7 @@ class RestApi:
             raise _core.ServingError("NOT_FOUND", f"{path} is not an API path; use /v1/models/NAME.")
         match = (_PREDICT if method == "POST" else _STATUS).fullmatch(path) if method in ("GET", "POST") else None
         if match is None:
-            raise _error(f"Malformed request: {method} {path}.")
+            raise _core.ServingError("INVALID_ARGUMENT", f"Malformed request: {method} {path}.")
         name, version, label = urllib.parse.unquote(match.group(1)), match.group(2), match.group(3)
         version = int(version) if version else None
         label = urllib.parse.unquote(label) if label else None
@@ -300,7 +144,16 @@ class RestApi:
         started, code, servable, parsed = time.monotonic(), "OK", None, {"signature": "", "rows": True}
 
         def decode() -> tuple[str, dict[str, np.ndarray]]:
-            signature, inputs, parsed["rows"] = parse_predict_body(body, servable, self.core.limits.max_json_depth)
+            max_depth = self.core.limits.max_json_depth
+            if self.parse_pool is not None and len(body) > self.parse_process_bytes:
+                def left() -> float | None:
+                    return None if self.timeout is None else started + self.timeout - time.monotonic()
+
+                signature, inputs, parsed["rows"] = self.parse_pool.parse(
+                    body, servable.json_specs, max_depth, left, cancelled, _core.deadline_exceeded(self.timeout))
+            else:
+                signature, inputs, parsed["rows"] = _jsonparse.parse_predict_body(body, servable.json_specs,
+                                                                                  max_depth)
             parsed["signature"] = signature
             return signature, inputs
 
@@ -443,3 +296,4 @@ class RestServer(http.server.ThreadingHTTPServer):
         self.stopping.set()
         self.shutdown()
         self.server_close()
+        self.api.close()

@@ -26,8 +26,11 @@ Flags that only tensorflow_model_server knows are passed through to it. New inte
 folders are picked up every --file_system_poll_wait_seconds, a changed --model_config_file (the
 pusher's labels) every --model_config_file_poll_wait_seconds; SIGTERM or SIGINT stops gracefully.
 The built-in server alone has --grpc_bind_address/--rest_bind_address (default 0.0.0.0, every
-address) and --allow_reload_config (HandleReloadConfigRequest, off by default) with
---reload_config_allowed_root.
+address), --allow_reload_config (HandleReloadConfigRequest, off by default) with
+--reload_config_allowed_root, the request limits (--max_inflight_requests and the other --max_*
+flags), and --json_parse_process_bytes (default 256 KiB): REST bodies larger than this are parsed
+in one or two worker processes (numpy and json only), so a large body's parse never holds the
+server's GIL; smaller ones are parsed in the request's thread.
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ class ServerConfig:
     max_request_pixels: int = 50_000_000
     max_json_depth: int = 64
     max_inflight_pixels: int = dataclasses.field(default_factory=lambda: PIXELS_PER_CPU * (os.cpu_count() or 1))
+    json_parse_process_bytes: int = 256 * 1024  # REST bodies over this are parsed in worker processes; 0: none
 
     def request_limits(self) -> Any:
         """These flags as serving._core.RequestLimits; a value under 1 raises ServerConfigError."""
@@ -97,6 +101,11 @@ class ServerConfig:
             if value < 1:
                 raise ServerConfigError(f"--{name} must be at least 1, got {value}.")
         return _core.RequestLimits(**values)
+
+
+def json_parse_processes() -> int:
+    """JSON parser processes for large REST bodies: one per 2 CPUs, one or two."""
+    return max(1, min(2, (os.cpu_count() or 1) // 2))
 
 
 class ServerConfigError(ValueError):
@@ -113,6 +122,7 @@ class ModelServer:
         self._stop_event, self._threads = stop_event, threads
         self.grpc_port = grpc_port
         self.rest_port: int | None = rest.server_address[1] if rest else None
+        self.rest_api: Any = rest.api if rest else None
         self._stopped = False
 
     def stop(self, grace: float = 5.0) -> None:
@@ -212,6 +222,9 @@ def serve(config: ServerConfig) -> ModelServer:
 
     try:
         limits = config.request_limits()
+        if config.json_parse_process_bytes < 0:
+            raise ServerConfigError(f"--json_parse_process_bytes must be 0 (parse every body in the request's "
+                                    f"thread) or more, got {config.json_parse_process_bytes}.")
         sources = _sources(config)
         options = _batching.read_batching_parameters(config.batching_parameters_file) if config.enable_batching \
             else None
@@ -247,10 +260,12 @@ def serve(config: ServerConfig) -> ModelServer:
             raise ServerConfigError(f"Cannot listen for gRPC on {grpc_host} port {config.port}; pass a free --port "
                                     f"and an address of this machine as --grpc_bind_address.")
         if config.rest_api_port is not None:
-            api = _rest.RestApi(core, metrics, config.rest_api_timeout_in_ms, prometheus_path)
+            api = _rest.RestApi(core, metrics, config.rest_api_timeout_in_ms, prometheus_path,
+                                config.json_parse_process_bytes, json_parse_processes())
             try:
                 rest = _rest.RestServer((rest_host, config.rest_api_port), api)
             except OSError as e:
+                api.close()
                 raise ServerConfigError(f"Cannot listen for REST on {rest_host} port {config.rest_api_port} "
                                         f"({e.strerror}); pass a free --rest_api_port and an IPv4 address of this "
                                         f"machine as --rest_bind_address.") from None
@@ -321,6 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="built-in server: image pixels of the large requests (over this / --max_inflight_requests pixels) "
              "in work at once; a large request that does not fit is refused at once with RESOURCE_EXHAUSTED / "
              "HTTP 429, and small requests never wait behind large ones; 2 million per CPU by default")
+    add("--json_parse_process_bytes", type=int, default=limits.json_parse_process_bytes,
+        help="built-in server: REST bodies over this many bytes are parsed in a separate process (one per 2 CPUs, "
+             "one or two), so parsing a large JSON body does not pause the server's other requests; smaller ones "
+             "are parsed in the request's thread; 0 parses every body there")
     add("--implementation", choices=IMPLEMENTATIONS, default="auto",
         help=f"auto: {BINARY} when it is on PATH, else the built-in server")
     # built-in server only (BUILT_IN_ONLY): where it listens, and the config-reload RPC
@@ -337,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 BUILT_IN_ONLY = ("grpc_bind_address", "rest_bind_address", "allow_reload_config", "reload_config_allowed_root",
                  "max_inflight_requests", "max_queued_requests", "max_request_bytes", "max_request_pixels",
-                 "max_json_depth", "max_inflight_pixels")
+                 "max_json_depth", "max_inflight_pixels", "json_parse_process_bytes")
 
 
 def tensorflow_model_server_argv(args: argparse.Namespace, passthrough: Sequence[str] = ()) -> list[str]:
@@ -369,7 +388,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         rest_api_timeout_in_ms=args.rest_api_timeout_in_ms, max_inflight_requests=args.max_inflight_requests,
         max_queued_requests=args.max_queued_requests, max_request_bytes=args.max_request_bytes,
         max_request_pixels=args.max_request_pixels, max_json_depth=args.max_json_depth,
-        max_inflight_pixels=args.max_inflight_pixels, grpc_bind_address=args.grpc_bind_address,
+        max_inflight_pixels=args.max_inflight_pixels, json_parse_process_bytes=args.json_parse_process_bytes,
+        grpc_bind_address=args.grpc_bind_address,
         rest_bind_address=args.rest_bind_address, allow_reload_config=args.allow_reload_config,
         reload_config_allowed_root=args.reload_config_allowed_root)
     if args.grpc_max_threads is not None:

@@ -635,7 +635,7 @@ def test_main_serves_until_sigterm_and_stops_gracefully(tmp_path):
 def _reachable(port: int) -> bool:
     try:
         return requests.get(f"http://127.0.0.1:{port}/v1/models/colorizer", timeout=1).status_code == 200
-    except requests.ConnectionError:
+    except (requests.ConnectionError, requests.Timeout):  # not listening yet, or listening while models load
         return False
 
 

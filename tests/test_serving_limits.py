@@ -8,13 +8,16 @@ asked) makes slow work without using the CPU; `hold` does the same for a request
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import io
 import json
 import logging
 import os
 import resource
+import signal
 import socket
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -26,7 +29,7 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow.python.data.experimental.ops import testing as data_testing
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from serving import _core, _rest
+from serving import _core, _jsonparse, _jsonpool, _rest
 from serving import server as server_lib
 from tests.test_server import _TestModel, b64, grpc_predict, image_bytes, rest, serving_config, version_of, wait_for
 
@@ -351,6 +354,144 @@ def test_json_is_parsed_within_the_request_deadline(slow_base):
         assert status == 504 and reply["error"].startswith("The request did not finish within its deadline")
 
 
+# ---------------------------------------------------------------- 4. large JSON bodies parsed in a worker process
+
+@functools.lru_cache(1)
+def _numbers() -> bytes:
+    """19 MB of numbers, as the attack benchmark sends: a wrong dtype for serving_default, found after parsing."""
+    return json.dumps({"instances": np.random.default_rng(1).random((120_000, 16)).round(6).tolist()}).encode()
+
+GOOD_REQUEST_BOUND_S = 0.3  # a small request's latency while a large body is parsed
+
+
+def _scale_body(rows: int, seed: int = 0) -> tuple[bytes, np.ndarray]:
+    x = np.random.default_rng(seed).random((rows, 3)).round(6)
+    return json.dumps({"signature_name": "scale", "inputs": {"x": x.tolist(), "offset": [0.5] * rows}}).encode(), x
+
+
+def _resident_bytes(pid: int | str = "self") -> int:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _worker_pids(running) -> list[int]:
+    return running.rest_api.parse_pool.pids()
+
+
+BAD_BODIES = [
+    b'{"instances": [1, 2,' + b" " * 300_000 + b"]",  # cut short
+    b'{"signature_name": "scale", "inputs": {"x": [[1, 2, 3]], "offset": ["a"]}, "pad": "' + b"p" * 300_000 + b'"}',
+    b'{"signature_name": "scale", "inputs": {"x": [[1, 2, 3], [4, 5]], "offset": [1, 2]}, "pad": "'
+    + b"p" * 300_000 + b'"}',
+    b'{"signature_name": "nope", "instances": [1], "pad": "' + b"p" * 300_000 + b'"}',
+    b'{"instances": ' + b"[" * 200_000 + b"]" * 200_000 + b"}",
+    b'{"instances": [{"b64": "not base64!"}], "pad": "' + b"p" * 300_000 + b'"}',
+    b'[' + b"1, " * 100_000 + b"1]",
+]
+
+
+def test_a_large_json_body_is_parsed_in_a_worker_with_the_answers_of_the_in_thread_parse(slow_base):
+    assert (_jsonparse.DT_STRING, _jsonparse.DT_BOOL) == (types_pb2.DT_STRING, types_pb2.DT_BOOL)
+    config = serving_config(model_base_path=slow_base, json_parse_process_bytes=100_000)
+    with server_lib.serve(config) as running:
+        worker = wait_for(lambda: _worker_pids(running))[0]
+        with open(f"/proc/{worker}/maps") as f:
+            assert "tensorflow" not in f.read()  # the worker is numpy and json only
+        body, x = _scale_body(50_000)
+        assert len(body) > 100_000
+        status, reply = rest(running.rest_port, "colorizer:predict", raw=body)
+        assert status == 200
+        np.testing.assert_allclose(reply["outputs"]["y"], x.astype(np.float32) + 0.5, rtol=1e-6)
+        servable = running.core.manager.resolve("colorizer")
+        for bad in BAD_BODIES:
+            assert len(bad) > 100_000
+            with pytest.raises(_core.ServingError) as in_thread:
+                _jsonparse.parse_predict_body(bad, servable.json_specs, config.max_json_depth)
+            expected = (_rest.HTTP_STATUS[in_thread.value.code], {"error": in_thread.value.message})
+            assert rest(running.rest_port, "colorizer:predict", raw=bad) == expected
+        assert _worker_pids(running) == [worker]  # errors are answers, not crashes
+        _good_request_works(running)
+
+
+def test_a_good_request_is_answered_while_a_large_json_body_is_parsed(slow_base):
+    specs = _jsonparse.SignatureSpecs("colorizer", 1, {"serving_default": {"image_bytes": _jsonparse.JsonSpec(
+        "image_bytes", types_pb2.DT_STRING, "DT_STRING", np.dtype(object))}})
+    started = time.monotonic()
+    with pytest.raises(_core.ServingError):
+        _jsonparse.parse_predict_body(_numbers(), specs, 64)
+    in_thread = time.monotonic() - started
+    assert in_thread > 1.5 * GOOD_REQUEST_BOUND_S, f"the body parses in {in_thread:.2f} s: too small to tell"
+    with server_lib.serve(serving_config(model_base_path=slow_base)) as running, \
+            concurrent.futures.ThreadPoolExecutor(1) as pool:
+        _good_request_works(running)  # warm
+        baseline = _resident_bytes()
+        peak = [baseline]
+        attack = pool.submit(rest, running.rest_port, "colorizer:predict", None, _numbers())
+        wait_for(lambda: running.core.load()[0] == 1, interval=0.005)
+        latencies = []
+        while not attack.done():
+            started = time.monotonic()
+            grpc_predict(running.grpc_port, {"image_bytes": [GOOD]})
+            latencies.append(time.monotonic() - started)
+            peak.append(_resident_bytes())
+        status, reply = attack.result()
+        assert status == 400 and reply["error"].endswith("which is not of type DT_STRING.")
+        assert len(latencies) >= 2 and max(latencies) < GOOD_REQUEST_BOUND_S, (in_thread, latencies)
+        # the parse's memory (about 10 times the body's size) stayed in the worker
+        assert max(peak) - baseline < 3 * len(_numbers()), (max(peak) - baseline) >> 20
+
+
+def test_a_worker_that_holds_memory_after_a_parse_is_replaced():
+    specs = _jsonparse.SignatureSpecs("m", 1, {"serving_default": {"x": _jsonparse.JsonSpec(
+        "x", types_pb2.DT_FLOAT, "DT_FLOAT", np.dtype(np.float32))}})
+    body, x = _scale_body(1000)
+    body = json.dumps({"inputs": x.tolist()}).encode()
+    pool = _jsonpool.ParsePool(1, retire_bytes=1)
+    try:
+        before = wait_for(pool.pids)[0]
+        name, inputs, rows = pool.parse(body, specs, 64, lambda: 20.0, None, _core.deadline_exceeded(20))
+        assert (name, rows) == ("serving_default", False)
+        np.testing.assert_array_equal(inputs["x"], x.astype(np.float32))
+        after = wait_for(pool.pids)
+        assert after != [before]
+        assert not os.path.exists(f"/proc/{before}")  # stopped and reaped
+    finally:
+        pool.close()
+
+
+def test_a_killed_worker_answers_its_request_and_is_replaced(slow_base):
+    with server_lib.serve(serving_config(model_base_path=slow_base)) as running, \
+            concurrent.futures.ThreadPoolExecutor(1) as pool:
+        worker = wait_for(lambda: _worker_pids(running))[0]
+        attack = pool.submit(rest, running.rest_port, "colorizer:predict", None, _numbers())
+        wait_for(lambda: not _worker_pids(running), interval=0.005)  # it took the worker
+        threading.Event().wait(0.1)
+        os.kill(worker, signal.SIGKILL)
+        assert attack.result() == (429, {"error": _jsonpool.died_error(-signal.SIGKILL).message})
+        replacement = wait_for(lambda: _worker_pids(running))
+        assert replacement != [worker]
+        _good_request_works(running)
+        body, x = _scale_body(50_000)
+        status, reply = rest(running.rest_port, "colorizer:predict", raw=body)
+        assert status == 200 and len(reply["outputs"]["y"]) == 50_000
+
+
+def test_a_parse_past_its_deadline_or_left_by_its_client_stops_its_worker(slow_base):
+    config = serving_config(model_base_path=slow_base, rest_api_timeout_in_ms=200)
+    with server_lib.serve(config) as running:
+        worker = wait_for(lambda: _worker_pids(running))[0]
+        status, reply = rest(running.rest_port, "colorizer:predict", raw=_numbers())
+        assert (status, reply) == (504, {"error": "The request did not finish within its deadline of 0.2 s."})
+        wait_for(lambda: not os.path.exists(f"/proc/{worker}"))  # killed, not left parsing
+        worker = wait_for(lambda: _worker_pids(running))[0]
+        with socket.create_connection(("127.0.0.1", running.rest_port), timeout=20) as sock:
+            sock.sendall(_post(f"Content-Length: {len(_numbers())}\r\n", _numbers()))
+            wait_for(lambda: not _worker_pids(running), interval=0.005)
+        wait_for(lambda: not os.path.exists(f"/proc/{worker}"))  # the client left: its parse stopped
+        wait_for(lambda: running.core.load() == (0, 0))
+        _good_request_works(running)
+
+
 # ---------------------------------------------------------------- 7. malformed HTTP
 
 MALFORMED = [
@@ -401,3 +542,9 @@ def test_limit_flags_reach_the_server_and_bad_values_exit_2(slow_base, capsys):
     assert server_lib.main([f"--model_base_path={slow_base}", "--implementation=python",
                             "--max_queued_requests=0"]) == 2
     assert capsys.readouterr().err.strip() == "--max_queued_requests must be at least 1, got 0."
+    args = server_lib.build_parser().parse_args([f"--model_base_path={slow_base}", "--json_parse_process_bytes=0"])
+    assert server_lib.config_from_args(args).json_parse_process_bytes == 0
+    assert server_lib.main([f"--model_base_path={slow_base}", "--implementation=python",
+                            "--json_parse_process_bytes=-1"]) == 2
+    assert capsys.readouterr().err.strip() == ("--json_parse_process_bytes must be 0 (parse every body in the "
+                                               "request's thread) or more, got -1.")
