@@ -8,11 +8,11 @@ image in one numpy array and ran out of RAM at 1,920 images):
       -> [cache of serialized records, only when asked]
       -> shuffle buffer of serialized records (training)
       -> [repeat]
-      -> batch -> schemas.parse_examples (one vectorised parse per batch)
-      -> unbatch -> per image, in parallel: schemas.decode_codes (the raw
-         8-bit codes, no decompression), random crop + random horizontal
-         flip (training) or centre crop (eval) of the codes, then L (0..100)
-         and ab / 128 straight from the codes' channels
+      -> per record, in parallel: parse the image's features (the schema's
+         spec), schemas.decode_codes (the raw 8-bit codes, no
+         decompression), random crop + random horizontal flip (training) or
+         centre crop (eval) of the codes, then L (0..100) and ab / 128
+         straight from the codes' channels
       -> batch -> prefetch
 
 Eval order is deterministic; training trades order for throughput.
@@ -147,12 +147,19 @@ def check_first_records(files: list[str], *, stored_size: int | None = None, wit
 # ---------------------------------------------------------------- the pipeline
 
 
+_NAMES = {IMAGE_KEY: "lab_codes", HEIGHT_KEY: "height", WIDTH_KEY: "width", EMBEDDING_KEY: "embedding"}
+
+
 def _parse(serialized, with_embedding: bool) -> dict:
-    parsed = schemas.parse_examples(serialized, with_embedding=with_embedding)
-    features = {"lab_codes": parsed[IMAGE_KEY], "height": parsed[HEIGHT_KEY], "width": parsed[WIDTH_KEY]}
-    if with_embedding:
-        features["embedding"] = parsed[EMBEDDING_KEY]
-    return features
+    """One serialized record -> the features the models need, by the schema's spec (no source, path or hash).
+
+    Per record, not batched: batching 180 KiB records to parse them with one
+    op and unbatching them again copies every image twice more, which cost
+    more than the per-record calls it saves (README, "Loader on many cores").
+    """
+    spec = schemas.feature_spec(with_embedding)
+    parsed = tf.io.parse_single_example(serialized, {key: spec[key] for key in _NAMES if key in spec})
+    return {_NAMES[key]: value for key, value in parsed.items()}
 
 
 def _centre_crop(image, size: int):
@@ -246,11 +253,8 @@ def make_dataset(
     if repeat:
         ds = ds.repeat()
     ds = (
-        ds.batch(batch_size)
-        .map(lambda s: _parse(s, with_embedding), num_parallel_calls=_AUTOTUNE, deterministic=deterministic)
-        .unbatch()
-        .map(
-            lambda f: _to_model_io(f, image_size, training, seed),
+        ds.map(
+            lambda s: _to_model_io(_parse(s, with_embedding), image_size, training, seed),
             num_parallel_calls=_AUTOTUNE,
             deterministic=deterministic,
         )
