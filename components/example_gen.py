@@ -353,8 +353,8 @@ class ToExamples(beam.DoFn):
         return decoded
 
     def process(self, batch):
-        from components.color import unpack
-        from schemas import encode_codes, serialize_example
+        from components.color import unpacked_bytes
+        from schemas import serialize_example
 
         cfg = self._config
         records: dict[str, list] = {}
@@ -368,7 +368,7 @@ class ToExamples(beam.DoFn):
             packed = self._lab.packed(crop)
             split = split_for(ref.source, ref.relpath, cfg.splits)
             records.setdefault(split, []).append(serialize_example(
-                lab_codes=encode_codes(unpack(packed)),
+                lab_codes=unpacked_bytes(packed),
                 height=cfg.stored_size,
                 width=cfg.stored_size,
                 source=ref.source,

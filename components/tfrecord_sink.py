@@ -37,12 +37,15 @@ def _masked_crc32c(data: bytes) -> int:
     return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
 
 
+def tfrecord_frame_pieces(record: bytes) -> tuple[bytes, bytes, bytes]:
+    """One record in TFRecord framing as (header: length and its masked CRC, the record, the record's masked CRC)."""
+    length = struct.pack("<Q", len(record))
+    return length + struct.pack("<I", _masked_crc32c(length)), record, struct.pack("<I", _masked_crc32c(record))
+
+
 def tfrecord_frame(record: bytes) -> bytes:
     """One record in TFRecord framing: length, masked CRCs, data."""
-    length = struct.pack("<Q", len(record))
-    return b"".join(
-        (length, struct.pack("<I", _masked_crc32c(length)), record, struct.pack("<I", _masked_crc32c(record)))
-    )
+    return b"".join(tfrecord_frame_pieces(record))
 
 
 class _Handle:
@@ -85,7 +88,9 @@ class _TFRecordSink(filebasedsink.FileBasedSink):
     def write_record(self, file_handle, value):
         """`value` is one serialized record, or a list of them (one element per batch of images)."""
         records = (value,) if isinstance(value, bytes) else value
-        file_handle.write(b"".join(tfrecord_frame(record) for record in records))
+        for record in records:  # piece by piece: a raw record is 180 KiB, not worth copying into one buffer
+            for piece in tfrecord_frame_pieces(record):
+                file_handle.write(piece)
 
 
 class WriteToTFRecord(beam.PTransform):

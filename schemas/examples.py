@@ -155,13 +155,14 @@ def serialize_example(
         SOURCE_KEY: _bytes_feature(source.encode("utf-8")),
         PATH_KEY: _bytes_feature(path.encode("utf-8")),
         SHA256_KEY: _bytes_feature(sha256.encode("ascii")),
-        COLORFULNESS_KEY: _length_delimited(2, _length_delimited(1, struct.pack("<f", float(colorfulness)))),
+        COLORFULNESS_KEY: _field(2, *_field(1, struct.pack("<f", float(colorfulness)))),  # Feature.float_list
     }
-    entries = b"".join(
-        _length_delimited(1, _length_delimited(1, key.encode("utf-8")) + _length_delimited(2, feature))
+    entries = [
+        piece
         for key, feature in sorted(features.items())
-    )
-    return _length_delimited(1, entries)  # Example.features
+        for piece in _field(1, *_field(1, key.encode("utf-8")), *_field(2, *feature))  # Features.feature map entry
+    ]
+    return b"".join(_field(1, *entries))  # Example.features; the only copy of the image's bytes
 
 
 def make_example(**fields):
@@ -181,16 +182,17 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _length_delimited(field: int, payload: bytes) -> bytes:
-    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
+def _field(field: int, *payload: bytes) -> list[bytes]:
+    """A length-delimited protobuf field around `payload`, as pieces: the payload itself is not copied."""
+    return [_varint(field << 3 | 2) + _varint(sum(len(piece) for piece in payload)), *payload]
 
 
-def _bytes_feature(value: bytes) -> bytes:
-    return _length_delimited(1, _length_delimited(1, value))  # Feature.bytes_list, BytesList.value
+def _bytes_feature(value: bytes) -> list[bytes]:
+    return _field(1, *_field(1, value))  # Feature.bytes_list, BytesList.value
 
 
-def _int64_feature(value: int) -> bytes:
-    return _length_delimited(3, _length_delimited(1, _varint(value)))  # Feature.int64_list, packed value
+def _int64_feature(value: int) -> list[bytes]:
+    return _field(3, *_field(1, _varint(value)))  # Feature.int64_list, packed value
 
 
 def feature_spec(with_embedding: bool = False) -> dict[str, Any]:

@@ -80,6 +80,14 @@ def test_a_record_decodes_back_to_rgb_within_quantisation_error(name, lab_table)
     assert error.mean() < 1.0 and np.percentile(error, 99.9) <= 6
 
 
+def test_ingest_writes_the_tables_codes_in_the_stored_layout(lab_table):
+    from components.color import unpack, unpacked_bytes
+
+    rgb = _photo("coffee")[:50, :70]
+    packed = lab_table.packed(rgb)
+    assert unpacked_bytes(packed) == encode_codes(lab_table(rgb)) == encode_codes(unpack(packed))
+
+
 def test_quantisation_round_trips_within_half_a_step():
     lab = np.array([[0.0, -128.0, -128.0], [100.0, 127.0, 127.0], [53.2, 80.1, 67.2], [50.0, -0.4, 0.6]], np.float32)
     back = dequantize_lab(quantize_lab(lab)).numpy()
