@@ -92,7 +92,7 @@ def test_eval_is_the_centre_crop_of_decode_lab_with_no_scaling_drift(examples_di
     for i, record in enumerate(records):
         lab = _lab(record)[offset : offset + CROP, offset : offset + CROP]
         np.testing.assert_array_equal(l[i], lab[..., :1])
-        np.testing.assert_allclose(ab[i] * 128.0, lab[..., 1:], atol=1e-4)
+        np.testing.assert_array_equal(ab[i] * 128.0, lab[..., 1:])
 
 
 def test_eval_is_deterministic_and_fixed_batch_is_its_first_batch(examples_dir):
