@@ -174,13 +174,13 @@ def child_stages(examples: str, image_size: int, batch_size: int, workdir: str) 
         "parse": parsed(),
         "decode": parsed().map(decode),
         "crop_flip": parsed().map(decode).map(crop_flip),
-        "scaling": parsed().map(decode).map(crop_flip).map(loader.codes_to_l_ab).batch(batch_size),
+        "scaling": parsed().map(decode).map(crop_flip).map(schemas.codes_to_l_ab).batch(batch_size),
     }
     timed = {name: ds.with_options(options) for name, ds in pipelines.items()}
     # the alternatives: version 1's batched parse and its scaling per image, and scaling a whole batch at once
     timed["v1_parse"] = parsed_in_batches().with_options(options)
     timed["v1_scaling"] = parsed().map(decode).map(crop_flip).map(scale_v1).batch(batch_size).with_options(options)
-    timed["per_batch"] = (parsed().map(decode).map(crop_flip).batch(batch_size).map(loader.codes_to_l_ab)
+    timed["per_batch"] = (parsed().map(decode).map(crop_flip).batch(batch_size).map(schemas.codes_to_l_ab)
                           .with_options(options))
     timed["read"] = tf.data.TFRecordDataset(files, compression_type=compression).with_options(options)
     seconds = _time_datasets(timed)

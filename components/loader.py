@@ -32,13 +32,11 @@ import tensorflow as tf
 
 import schemas
 from schemas import (  # AB_SCALE, the report's target scale, stays importable as loader.AB_SCALE
-    AB_OFFSET,
     AB_SCALE,
     EMBEDDING_KEY,
     EXAMPLES_DIR,
     HEIGHT_KEY,
     IMAGE_KEY,
-    L_SCALE,
     STATISTICS_FILE,
     WIDTH_KEY,
 )
@@ -169,23 +167,10 @@ def _centre_crop(image, size: int):
     return image[top : top + size, left : left + size, :]
 
 
-def codes_to_l_ab(codes):
-    """uint8 LAB codes [..., 3] -> (L in 0..100 [..., 1], ab / AB_SCALE [..., 2]), as dequantize_lab then a split.
-
-    Each channel group is sliced from the 8-bit codes and scaled by one
-    multiply(-add) with the constants folded, instead of dequantising all
-    three channels and slicing the floats.
-    """
-    l = tf.cast(codes[..., :1], tf.float32) * (1.0 / L_SCALE)
-    ab = tf.cast(codes[..., 1:], tf.float32) * (1.0 / AB_SCALE) - AB_OFFSET / AB_SCALE
-    return l, ab
-
-
 def _to_model_io(features: dict, image_size: int, training: bool, seed: int | None):
     """One record's image -> (l, ab/128) at image_size.
 
-    The crop and flip run on the 8-bit codes and only the crop is
-    dequantised: about a fifth less CPU than schemas.decode_lab first.
+    The crop and flip run on the 8-bit codes, so only the crop is scaled to floats.
     """
     codes = schemas.decode_codes(features["lab_codes"], features["height"], features["width"])
     if training:
@@ -193,7 +178,7 @@ def _to_model_io(features: dict, image_size: int, training: bool, seed: int | No
         codes = tf.image.random_flip_left_right(codes, seed=None if seed is None else seed + 1)
     else:
         codes = _centre_crop(codes, image_size)
-    l, ab = codes_to_l_ab(tf.ensure_shape(codes, [image_size, image_size, 3]))
+    l, ab = schemas.codes_to_l_ab(tf.ensure_shape(codes, [image_size, image_size, 3]))
     if "embedding" in features:
         return {"l": l, "embedding": features["embedding"]}, ab
     return l, ab

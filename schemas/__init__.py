@@ -47,6 +47,7 @@ from schemas.examples import (  # noqa: F401
     SCHEMA_VERSION,
     FeatureDef,
     check_example,
+    codes_to_l_ab,
     decode_codes,
     decode_lab,
     dequantize_lab,

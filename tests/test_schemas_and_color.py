@@ -88,6 +88,17 @@ def test_ingest_writes_the_tables_codes_in_the_stored_layout(lab_table):
     assert unpacked_bytes(packed) == encode_codes(lab_table(rgb)) == encode_codes(unpack(packed))
 
 
+def test_the_models_l_and_ab_from_codes_equal_dequantising_bit_for_bit():
+    from schemas import AB_SCALE, codes_to_l_ab
+
+    codes = np.stack(np.meshgrid(np.arange(256), np.arange(256), np.arange(0, 256, 5), indexing="ij"), -1)
+    l, ab = codes_to_l_ab(codes.astype(np.uint8))
+    lab = dequantize_lab(codes.astype(np.uint8)).numpy()
+    np.testing.assert_array_equal(l.numpy(), lab[..., :1])
+    np.testing.assert_array_equal(ab.numpy(), lab[..., 1:] / AB_SCALE)
+    assert l.numpy().max() == 100.0 and ab.numpy().min() == -1.0
+
+
 def test_quantisation_round_trips_within_half_a_step():
     lab = np.array([[0.0, -128.0, -128.0], [100.0, 127.0, 127.0], [53.2, 80.1, 67.2], [50.0, -0.4, 0.6]], np.float32)
     back = dequantize_lab(quantize_lab(lab)).numpy()
