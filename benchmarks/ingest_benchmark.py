@@ -13,7 +13,8 @@ from one repetition to the next), median over --repeats:
       python -m components.example_gen --data_dir synthetic=DIR --output_dir OUT \\
           --runner=DirectRunner --direct_num_workers=W \\
           --direct_running_mode=multi_processing --validation none
-  (decode, centre-crop to 256, sRGB->LAB, gzip TFRecords split three ways,
+  (decode, centre-crop to 250, sRGB->LAB codes, uncompressed TFRecords of
+  the raw codes split three ways (their bytes on disk are recorded),
   statistics, dead letters, schema).
 - report: the report's way, one process as the report did it: per file PIL
   open, convert RGB, resize the shorter side to 270, centre-crop 224x224,
@@ -249,6 +250,7 @@ def run_method(method: str, data_dir: str, num_images: int, workdir: Path, worke
         try:
             stats = json.loads((out_dir / "statistics" / "statistics.json").read_text())
             result = {k: stats["files"][k] for k in ("found", "written", "rejected", "duplicates")}
+            result["examples_bytes"] = sum(p.stat().st_size for p in (out_dir / "examples").rglob("*") if p.is_file())
         except (OSError, ValueError, KeyError):
             result = None
         shutil.rmtree(out_dir, ignore_errors=True)

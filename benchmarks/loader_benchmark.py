@@ -11,16 +11,20 @@ benchmark's data, made once under --workdir and reused):
    cores with `taskset` and TensorFlow is told N (intra- and inter-op
    threads, and the dataset's private thread pool). Per core = examples/s / N.
 2. Per-core cost of each stage, one core, one thread: cumulative tf.data
-   pipelines over the same records held in memory (batch -> parse ->
-   unbatch, + decode of the stored PNG, + random crop and flip, + scaling:
-   dequantise and split into L and ab / 128, then batch); a stage's cost is
-   the difference between consecutive pipelines, in microseconds per
-   example. Reading the GZIP TFRecord files is measured alone.
+   pipelines over the same records held in memory (parse per record, +
+   decode of the stored raw codes, + random crop and flip, + scaling: L and
+   ab / 128 from the codes, then batch); a stage's cost is the difference
+   between consecutive pipelines, in microseconds per example. Reading the
+   TFRecord files is measured alone. Alternatives timed the same way:
+   schema version 1's loader's parse (batch, one vectorised parse, unbatch)
+   and its scaling (dequantise all three channels, then split), and scaling
+   a whole batch of codes at once.
 3. The stored encoding's alternatives: the same images (the stored LAB
-   codes, decoded once) written as records holding the PNG (today's format),
-   the raw 8-bit codes in GZIP TFRecords, and the raw codes uncompressed;
-   bytes per record on disk and examples/s on one core of read + parse +
-   decode (the rest of the loader does not depend on the encoding).
+   codes) written as records holding a PNG (schema version 1's encoding,
+   by its own encoder), the raw 8-bit codes in GZIP TFRecords, and the raw
+   codes uncompressed (schema version 2, what ingest writes); bytes per
+   record on disk and examples/s on one core of read + parse + decode (the
+   rest of the loader does not depend on the encoding).
 
 Run (from the repository root; a quiet machine):
 
@@ -35,8 +39,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import struct
 import sys
 import time
+import zlib
 from pathlib import Path
 
 from benchmarks.ingest_benchmark import ensure_data
@@ -56,6 +62,30 @@ from benchmarks.training_benchmark import LOADER_WARMUP_BATCHES, SEED, ensure_ex
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TARGET_PER_CORE = 1000.0  # examples/s per core at 224: what a GPU host's 8-16 cores per device must each feed
 FORMATS = ("png", "raw_gzip", "raw")
+
+
+def v1_png(codes) -> bytes:
+    """Schema version 1's stored image: a lossless PNG of uint8 [H, W, 3] codes, as its ingest wrote it.
+
+    Every row uses PNG's 'Up' filter and the stream is deflated by ISA-L at
+    level 1 (about 8x faster than Pillow's adaptive filtering at a similar
+    size). Kept here only to compare the encodings by their numbers.
+    """
+    import numpy as np
+    from isal import isal_zlib
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    height, width, _ = codes.shape
+    rows = np.ascontiguousarray(codes, np.uint8).reshape(height, width * 3)
+    filtered = np.empty((height, width * 3 + 1), np.uint8)
+    filtered[:, 0] = 2  # PNG filter type 'Up'
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"".join((b"\x89PNG\r\n\x1a\n", chunk(b"IHDR", header),
+                     chunk(b"IDAT", isal_zlib.compress(filtered.tobytes(), 1)), chunk(b"IEND", b"")))
 
 
 # ---------------------------------------------------------------- child processes (the measured work)
@@ -117,21 +147,26 @@ def child_stages(examples: str, image_size: int, batch_size: int, workdir: str) 
     from components import loader
 
     files = loader.example_files(examples, "train")
-    records = list(tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator())
+    compression = loader._compression(files[0])
+    records = list(tf.data.TFRecordDataset(files, compression_type=compression).as_numpy_iterator())
     n = len(records)
 
     def parsed():
-        return tf.data.Dataset.from_tensor_slices(records).batch(batch_size).map(
-            lambda s: loader._parse(s, False)).unbatch()
+        return tf.data.Dataset.from_tensor_slices(records).map(lambda s: loader._parse(s, False))
 
-    def decode(f):
-        return tf.io.decode_png(f["lab_png"], channels=3, dtype=tf.uint8)
+    def parsed_in_batches():  # version 1's loader: one vectorised parse of every feature per batch, then unbatch
+        names = {schemas.IMAGE_KEY: "lab_codes", schemas.HEIGHT_KEY: "height", schemas.WIDTH_KEY: "width"}
+        return tf.data.Dataset.from_tensor_slices(records).batch(batch_size).map(
+            lambda s: {names[k]: v for k, v in schemas.parse_examples(s).items() if k in names}).unbatch()
+
+    def decode(f):  # as loader._to_model_io does first
+        return schemas.decode_codes(f["lab_codes"], f["height"], f["width"])
 
     def crop_flip(codes):
         codes = tf.image.random_crop(codes, [image_size, image_size, 3], seed=SEED)
         return tf.image.random_flip_left_right(codes, seed=SEED + 1)
 
-    def scale(codes):  # as loader._to_model_io does after the decode, crop and flip; one image or a batch
+    def scale_v1(codes):  # schema version 1's loader: dequantise all three channels, then split the floats
         lab = schemas.dequantize_lab(codes)
         return lab[..., :1], lab[..., 1:] / schemas.AB_SCALE
 
@@ -139,26 +174,29 @@ def child_stages(examples: str, image_size: int, batch_size: int, workdir: str) 
         "parse": parsed(),
         "decode": parsed().map(decode),
         "crop_flip": parsed().map(decode).map(crop_flip),
-        "scaling": parsed().map(decode).map(crop_flip).map(scale).batch(batch_size),
+        "scaling": parsed().map(decode).map(crop_flip).map(schemas.codes_to_l_ab).batch(batch_size),
     }
     timed = {name: ds.with_options(options) for name, ds in pipelines.items()}
-    # the alternative: batch the 8-bit codes, then scale a whole batch at once
-    timed["per_batch"] = parsed().map(decode).map(crop_flip).batch(batch_size).map(scale).with_options(options)
-    timed["read"] = tf.data.TFRecordDataset(files, compression_type="GZIP").with_options(options)
+    # the alternatives: version 1's batched parse and its scaling per image, and scaling a whole batch at once
+    timed["v1_parse"] = parsed_in_batches().with_options(options)
+    timed["v1_scaling"] = parsed().map(decode).map(crop_flip).map(scale_v1).batch(batch_size).with_options(options)
+    timed["per_batch"] = (parsed().map(decode).map(crop_flip).batch(batch_size).map(schemas.codes_to_l_ab)
+                          .with_options(options))
+    timed["read"] = tf.data.TFRecordDataset(files, compression_type=compression).with_options(options)
     seconds = _time_datasets(timed)
     stages_us, previous = {}, 0.0
     for name in pipelines:
         stages_us[name] = (seconds[name] - previous) / n * 1e6
         previous = seconds[name]
-    read_s = seconds["read"]
+    parse_v1_us = seconds["v1_parse"] / n * 1e6
+    scaling_v1_us = (seconds["v1_scaling"] - seconds["crop_flip"]) / n * 1e6
     scaling_per_batch_us = (seconds["per_batch"] - seconds["crop_flip"]) / n * 1e6
-    stages_us["read_gzip"] = read_s / n * 1e6
-    full_us = seconds["scaling"] / n * 1e6 + stages_us["read_gzip"]
+    stages_us["read"] = seconds["read"] / n * 1e6
+    full_us = seconds["scaling"] / n * 1e6 + stages_us["read"]
 
     # the alternatives: the same stored codes, three encodings
     spec = {schemas.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string)}
-    codes = [c.numpy() for c in tf.data.Dataset.from_tensor_slices(records).map(
-        lambda s: tf.io.decode_png(tf.io.parse_single_example(s, spec)[schemas.IMAGE_KEY], channels=3))]
+    codes = [c.numpy() for c in parsed().map(decode)]
     side = codes[0].shape[0]
     formats, readers, paths = {}, {}, {}
     for fmt in FORMATS:
@@ -166,9 +204,9 @@ def child_stages(examples: str, image_size: int, batch_size: int, workdir: str) 
         compression = "GZIP" if fmt == "raw_gzip" else ""
         with tf.io.TFRecordWriter(path, tf.io.TFRecordOptions(compression_type=compression)) as writer:
             for c, record in zip(codes, records):
-                example = tf.train.Example.FromString(record)
-                if fmt != "png":  # the PNG record is today's, as written; the others hold the raw codes
-                    example.features.feature[schemas.IMAGE_KEY].bytes_list.value[0] = c.tobytes()
+                example = tf.train.Example.FromString(record)  # the raw records as written, or with the PNG
+                if fmt == "png":
+                    example.features.feature[schemas.IMAGE_KEY].bytes_list.value[0] = v1_png(c)
                 writer.write(example.SerializeToString())
         if fmt == "png":
             decoder = lambda b: tf.io.decode_png(b, channels=3, dtype=tf.uint8)  # noqa: E731
@@ -183,8 +221,8 @@ def child_stages(examples: str, image_size: int, batch_size: int, workdir: str) 
         formats[fmt] = {"bytes_per_record": os.path.getsize(paths[fmt]) / n, "examples_per_s_one_core": n / seconds[fmt],
                         "us_per_example": seconds[fmt] / n * 1e6, "round_trip_exact": bool(np.array_equal(check, codes[0]))}
         os.remove(paths[fmt])
-    return {"records": n, "stored_side": side, "stages_us": stages_us, "full_us": full_us,
-            "scaling_per_batch_us": scaling_per_batch_us,
+    return {"records": n, "stored_side": side, "compression": compression or "none", "stages_us": stages_us,
+            "full_us": full_us, "parse_v1_us": parse_v1_us, "scaling_v1_us": scaling_v1_us, "scaling_per_batch_us": scaling_per_batch_us,
             "one_core_examples_per_s": 1e6 / full_us, "formats": formats}
 
 
@@ -221,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.loader_benchmark",
         description="The training loader's examples/s per core, the cost of each of its stages, and the stored "
-        "encoding's alternatives (PNG, raw + GZIP, raw).",
+        "encoding's alternatives (version 1's PNG, raw + GZIP, raw as version 2 stores it).",
     )
     parser.add_argument("--images", type=int, default=2000, help="records to ingest and read (default 2000)")
     parser.add_argument("--cores", type=int, nargs="+", default=None,
@@ -266,13 +304,15 @@ def main(argv: list[str] | None = None) -> int:
                  for r in scaling])
     print()
     us = stages["stages_us"]
-    names = {"read_gzip": "read GZIP TFRecords", "parse": "parse (batched)", "decode": "decode the stored PNG",
-             "crop_flip": "random crop + flip", "scaling": "scaling (dequantise, L and ab/128) + batch"}
+    read = "read GZIP TFRecords" if stages["compression"] == "GZIP" else "read uncompressed TFRecords"
+    names = {"read": read, "parse": "parse (per record)", "decode": "decode the stored raw codes",
+             "crop_flip": "random crop + flip", "scaling": "scaling (L and ab/128 from the codes) + batch"}
     print_table(["stage (one core, one thread)", "us per example", "share"],
                 [[names[k], f"{us[k]:.0f}", f"{us[k] / stages['full_us']:.0%}"] for k in names]
                 + [["all", f"{stages['full_us']:.0f}", "100%"]])
-    print(f"(batching the 8-bit codes and scaling a whole batch instead: {stages['scaling_per_batch_us']:.0f} us "
-          "per example)")
+    print(f"(as version 1's loader did: parse in batches and unbatch {stages['parse_v1_us']:.0f} us per example; "
+          f"scaling by dequantising, then splitting {stages['scaling_v1_us']:.0f} us. Batching the 8-bit codes and "
+          f"scaling a whole batch: {stages['scaling_per_batch_us']:.0f} us)")
     print()
     formats = stages["formats"]
     print_table(["stored encoding", "KiB per record", "examples/s, one core (read + parse + decode)", "exact"],
@@ -280,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
                   "yes" if f["round_trip_exact"] else "NO"] for fmt, f in formats.items()])
     best = max(scaling, key=lambda r: r["cores"])
     per_core = best["examples_per_s"] / best["cores"]
-    bottleneck = max(("decode", "crop_flip", "scaling", "read_gzip", "parse"), key=lambda k: us[k])
+    bottleneck = max(("decode", "crop_flip", "scaling", "read", "parse"), key=lambda k: us[k])
     line = (f"headline: loader {per_core:.0f} examples/s per core at {args.image_size} on {best['cores']} core(s) "
             f"(target {TARGET_PER_CORE:.0f}); costliest stage: {names[bottleneck]} ({us[bottleneck]:.0f} us); "
             f"raw+GZIP records {formats['raw_gzip']['bytes_per_record'] / formats['png']['bytes_per_record']:.2f}x "

@@ -337,8 +337,10 @@ def ensure_examples(workdir: Path, data_dir: str, source_images: int, limit: int
                     timeout: float) -> tuple[str, int]:
     """example_gen's output for `data_dir` (a `limit` sample of it, or all), made once and reused; (dir, records)."""
     out = workdir / f"examples_{limit or source_images}_of_{source_images}"
+    from schemas import SCHEMA_VERSION
+
     wanted = {"source": data_dir, "source_images": source_images, "limit": limit, "stored_size": STORED_SIZE,
-              "splits": "train=100", "seed": SEED}
+              "splits": "train=100", "seed": SEED, "schema_version": SCHEMA_VERSION}
     marker = out / EXAMPLES_MARKER
     try:
         if json.loads(marker.read_text()) == wanted:

@@ -253,9 +253,15 @@ class LabTable:
 
 
 def unpack(packed: np.ndarray) -> np.ndarray:
-    """LabTable.packed codes [H, W] -> contiguous uint8 LAB codes [H, W, 3]."""
+    """LabTable.packed codes [H, W] -> contiguous uint8 LAB codes [H, W, 3] (read-only)."""
+    height, width = packed.shape
+    return np.frombuffer(unpacked_bytes(packed), np.uint8).reshape(height, width, 3)
+
+
+def unpacked_bytes(packed: np.ndarray) -> bytes:
+    """LabTable.packed codes [H, W] -> the codes' bytes as a record stores them (schemas.encode_codes), one copy."""
     from PIL import Image
 
     height, width = packed.shape
     packed = np.ascontiguousarray(packed, dtype="<u4")
-    return np.asarray(Image.frombuffer("RGBX", (width, height), packed, "raw", "RGBX", 0, 1).convert("RGB"))
+    return Image.frombuffer("RGBX", (width, height), packed, "raw", "RGBX", 0, 1).convert("RGB").tobytes()

@@ -99,8 +99,11 @@ def centre_crop_l(record: bytes, image_size: int) -> np.ndarray:
     import schemas
 
     feature = example_pb2.Example.FromString(record).features.feature
-    png = feature[schemas.IMAGE_KEY].bytes_list.value[0]
-    lab = schemas.decode_lab(png).numpy()
+    lab = schemas.decode_lab(
+        feature[schemas.IMAGE_KEY].bytes_list.value[0],
+        feature[schemas.HEIGHT_KEY].int64_list.value[0],
+        feature[schemas.WIDTH_KEY].int64_list.value[0],
+    ).numpy()
     height, width, _ = lab.shape
     if min(height, width) < image_size:
         raise ValueError(f"a record's image is {height}x{width}, smaller than --image_size {image_size}.")
@@ -123,7 +126,7 @@ def add_embedding(record: bytes, embedding: Sequence[float]) -> bytes:
 
 
 def split_of(filename: str, examples_dir: str) -> str:
-    """'<examples_dir>/train/data-00000-of-00004.tfrecord.gz' -> 'train'."""
+    """'<examples_dir>/train/data-00000-of-00004.tfrecord' -> 'train'."""
     prefix = examples_dir.rstrip("/") + "/"
     relative = filename[len(prefix):] if filename.startswith(prefix) else filename
     return relative.split("/", 1)[0]
@@ -310,6 +313,20 @@ def count_records(files: Sequence[str]) -> int:
     return total
 
 
+def check_schema_version(files: dict[str, list[str]]) -> None:
+    """Refuse records of another schema version (one sentence, from schemas) by each split's first record."""
+    import tensorflow as tf
+
+    import schemas
+
+    for paths in files.values():
+        path = paths[0]
+        for record in tf.data.TFRecordDataset(path, compression_type="GZIP" if path.endswith(".gz") else "").take(1):
+            version = schemas.record_schema_version(record.numpy())
+            if version is not None and version != schemas.SCHEMA_VERSION:
+                raise EmbeddingsError(schemas.old_records_error(os.path.dirname(path), version))
+
+
 def _same_dir(a: str, b: str) -> bool:
     if "://" not in a and "://" not in b:
         return os.path.realpath(a) == os.path.realpath(b)
@@ -384,6 +401,7 @@ def run_embeddings(config: EmbeddingsConfig, beam_args: list[str]) -> dict:
             f"--image_size must be a positive multiple of 8 (the trainer's --image_size), got {config.image_size}."
         )
     files = _check_paths(config)
+    check_schema_version(files)
     stored = _stored_size(config.examples)
     if stored is not None and stored < config.image_size:
         raise EmbeddingsError(

@@ -4,14 +4,15 @@ Memory stays flat in the dataset's size (the report's loader held every
 image in one numpy array and ran out of RAM at 1,920 images):
 
     files (shuffled when training)
-      -> parallel interleave of TFRecordDatasets (GZIP for .gz)
+      -> parallel interleave of TFRecordDatasets (uncompressed; GZIP for .gz)
       -> [cache of serialized records, only when asked]
       -> shuffle buffer of serialized records (training)
       -> [repeat]
-      -> batch -> schemas.parse_examples (one vectorised parse per batch)
-      -> unbatch -> per image, in parallel: decode the PNG, random crop +
-         random horizontal flip (training) or centre crop (eval) of the 8-bit
-         codes, schemas.dequantize_lab, split into L (0..100) and ab / 128
+      -> per record, in parallel: parse the image's features (the schema's
+         spec), schemas.decode_codes (the raw 8-bit codes, no
+         decompression), random crop + random horizontal flip (training) or
+         centre crop (eval) of the codes, then L (0..100) and ab / 128
+         straight from the codes' channels
       -> batch -> prefetch
 
 Eval order is deterministic; training trades order for throughput.
@@ -112,6 +113,9 @@ def _first_record_sides(files: list[str], *, stored_size: int | None, with_embed
         if not first:
             continue
         record = first[0]
+        version = schemas.record_schema_version(record)
+        if version is not None and version != schemas.SCHEMA_VERSION:
+            raise LoaderError(schemas.old_records_error(posixpath.dirname(path), version))
         problems = schemas.check_example(record, stored_size=stored_size, require_embedding=with_embedding)
         if problems:
             raise LoaderError(
@@ -141,12 +145,19 @@ def check_first_records(files: list[str], *, stored_size: int | None = None, wit
 # ---------------------------------------------------------------- the pipeline
 
 
+_NAMES = {IMAGE_KEY: "lab_codes", HEIGHT_KEY: "height", WIDTH_KEY: "width", EMBEDDING_KEY: "embedding"}
+
+
 def _parse(serialized, with_embedding: bool) -> dict:
-    parsed = schemas.parse_examples(serialized, with_embedding=with_embedding)
-    features = {"lab_png": parsed[IMAGE_KEY]}
-    if with_embedding:
-        features["embedding"] = parsed[EMBEDDING_KEY]
-    return features
+    """One serialized record -> the features the models need, by the schema's spec (no source, path or hash).
+
+    Per record, not batched: batching 180 KiB records to parse them with one
+    op and unbatching them again copies every image twice more, which cost
+    more than the per-record calls it saves (README, "Loader on many cores").
+    """
+    spec = schemas.feature_spec(with_embedding)
+    parsed = tf.io.parse_single_example(serialized, {key: spec[key] for key in _NAMES if key in spec})
+    return {_NAMES[key]: value for key, value in parsed.items()}
 
 
 def _centre_crop(image, size: int):
@@ -159,17 +170,15 @@ def _centre_crop(image, size: int):
 def _to_model_io(features: dict, image_size: int, training: bool, seed: int | None):
     """One record's image -> (l, ab/128) at image_size.
 
-    The same PNG decode as schemas.decode_lab, but the crop and flip run on
-    the 8-bit codes and only the crop is dequantised: about a fifth less CPU.
+    The crop and flip run on the 8-bit codes, so only the crop is scaled to floats.
     """
-    codes = tf.io.decode_png(features["lab_png"], channels=3, dtype=tf.uint8)
+    codes = schemas.decode_codes(features["lab_codes"], features["height"], features["width"])
     if training:
         codes = tf.image.random_crop(codes, [image_size, image_size, 3], seed=seed)
         codes = tf.image.random_flip_left_right(codes, seed=None if seed is None else seed + 1)
     else:
         codes = _centre_crop(codes, image_size)
-    lab = schemas.dequantize_lab(tf.ensure_shape(codes, [image_size, image_size, 3]))
-    l, ab = lab[..., :1], lab[..., 1:] / AB_SCALE
+    l, ab = schemas.codes_to_l_ab(tf.ensure_shape(codes, [image_size, image_size, 3]))
     if "embedding" in features:
         return {"l": l, "embedding": features["embedding"]}, ab
     return l, ab
@@ -229,11 +238,8 @@ def make_dataset(
     if repeat:
         ds = ds.repeat()
     ds = (
-        ds.batch(batch_size)
-        .map(lambda s: _parse(s, with_embedding), num_parallel_calls=_AUTOTUNE, deterministic=deterministic)
-        .unbatch()
-        .map(
-            lambda f: _to_model_io(f, image_size, training, seed),
+        ds.map(
+            lambda s: _to_model_io(_parse(s, with_embedding), image_size, training, seed),
             num_parallel_calls=_AUTOTUNE,
             deterministic=deterministic,
         )

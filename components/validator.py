@@ -3,7 +3,8 @@
 The ExampleValidator of this pipeline: every record (or a stable sample)
 is parsed and checked with schemas.check_example; record counts per split
 are compared with the statistics example_gen wrote. Anomalies go to
-anomalies.json; any anomaly fails the stage.
+anomalies.json; any anomaly fails the stage. Records of another schema
+version (statistics.json's schema_version) are refused before any is read.
 
     python -m components.validator --output_dir /tmp/ingest [--sample_rate 0.1]
 """
@@ -104,6 +105,11 @@ def run_validation(output_dir: str, beam_args: list[str], *, sample_rate: float 
         raise ValidationError(f"{statistics_path} does not exist; run example_gen on {output_dir} first.")
     with FileSystems.open(statistics_path) as f:
         stats = json.loads(f.read().decode("utf-8"))
+    from schemas import SCHEMA_VERSION, old_records_error
+
+    found = stats.get("schema_version")
+    if found != SCHEMA_VERSION:
+        raise ValidationError(old_records_error(examples_dir, found))
     stored_size = stored_size or stats.get("stored_size")
     expected = {split: entry["count"] for split, entry in stats["splits"].items()}
     patterns = [FileSystems.join(examples_dir, split, "*.tfrecord*") for split, n in expected.items() if n]

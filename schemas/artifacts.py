@@ -1,6 +1,6 @@
 """File names of the stages' outputs under their --output_dir; every stage that reads them uses these names."""
 
-EXAMPLES_DIR = "examples"  # examples/<split>/data-*-of-*.tfrecord.gz
+EXAMPLES_DIR = "examples"  # examples/<split>/data-*-of-*.tfrecord (.tfrecord.gz with --compression gzip)
 SCHEMA_FILE = "schema/schema.pbtxt"
 STATISTICS_FILE = "statistics/statistics.json"
 AB_HISTOGRAM_FILE = "statistics/ab_histogram.png"

@@ -76,3 +76,35 @@ def read_records(output_dir: str, split: str) -> list[bytes]:
         return []
     compression = "GZIP" if files[0].endswith(".gz") else ""
     return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type=compression)]
+
+
+def write_v1_examples(output_dir: str, count: int = 3, side: int = SIZE) -> str:
+    """A schema-version-1 ingest output as the old example_gen wrote it: a PNG of the LAB codes under
+    'image/lab_png' in GZIP TFRecords, and statistics.json saying schema_version 1. Returns the train folder."""
+    import hashlib
+    import json
+
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow.core.example import example_pb2
+
+    train = os.path.join(output_dir, "examples", "train")
+    os.makedirs(train, exist_ok=True)
+    with tf.io.TFRecordWriter(os.path.join(train, "data-00000-of-00001.tfrecord.gz"), options="GZIP") as writer:
+        for i in range(count):
+            codes = np.random.default_rng(i).integers(0, 256, (side, side, 3), dtype=np.uint8)
+            png = tf.io.encode_png(codes).numpy()
+            example = example_pb2.Example()
+            feature = example.features.feature
+            feature["image/lab_png"].bytes_list.value.append(png)
+            feature["image/height"].int64_list.value.append(side)
+            feature["image/width"].int64_list.value.append(side)
+            feature["image/source"].bytes_list.value.append(b"old")
+            feature["image/path"].bytes_list.value.append(f"old_{i}.jpg".encode())
+            feature["image/sha256"].bytes_list.value.append(hashlib.sha256(png).hexdigest().encode())
+            feature["image/colorfulness"].float_list.value.append(40.0)
+            writer.write(example.SerializeToString())
+    os.makedirs(os.path.join(output_dir, "statistics"), exist_ok=True)
+    with open(os.path.join(output_dir, "statistics", "statistics.json"), "w") as f:
+        json.dump({"schema_version": 1, "stored_size": side, "splits": {"train": {"count": count}}}, f)
+    return train

@@ -12,7 +12,7 @@ from tensorflow.core.example import example_pb2
 
 import schemas
 from components import embeddings, loader, models
-from tests.conftest import SIZE, read_records
+from tests.conftest import SIZE, read_records, write_v1_examples
 
 CROP = 48
 BACKBONE = "mobilenet_v2"
@@ -147,3 +147,11 @@ def test_bad_paths_exit_2(embedded, ingest_config, tmp_path, capsys):
     assert embeddings.run(_argv(ingest_config.output_dir, embedded, "--allow_random_backbone")) == 2
     err = capsys.readouterr().err
     assert "already holds" in err and "pass --overwrite" in err
+
+
+def test_schema_version_1_records_are_refused_with_one_sentence(tmp_path, capsys):
+    train = write_v1_examples(str(tmp_path / "old"))
+    assert embeddings.run(_argv(str(tmp_path / "old"), str(tmp_path / "out"), "--allow_random_backbone")) == 2
+    err = capsys.readouterr().err
+    assert schemas.old_records_error(train, 1) in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "examples").exists()

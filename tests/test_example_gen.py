@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 
@@ -177,8 +178,8 @@ def test_a_corrupt_image_inside_a_batch_is_rejected_alone_and_the_rest_written(t
             assert sorted(paths) == expected
             for (split, _), path in zip(found, paths):
                 assert split == example_gen.split_for("s", path, config.splits)
-            for png in parsed["image/lab_png"].numpy():
-                assert decode_lab(png).shape == (64, 64, 3)
+            for stored in parsed["image/lab_codes"].numpy():
+                assert decode_lab(stored, 64, 64).shape == (64, 64, 3)
 
         assert_that(records, check_records, label="written")
         assert_that(
@@ -286,7 +287,7 @@ def test_records_decode_back_to_the_source_colours(ingested, ingest_config):
         path = os.path.join(roots[source], parsed["image/path"][i].numpy().decode())
         with open(path, "rb") as f:
             crop, _ = decode_and_crop(f.read(), size=SIZE, min_side=SIZE, max_pixels=10**8, min_colorfulness=0)
-        rgb = np.round(lab_to_rgb(decode_lab(parsed["image/lab_png"][i])).numpy() * 255)
+        rgb = np.round(lab_to_rgb(decode_lab(parsed["image/lab_codes"][i], SIZE, SIZE)).numpy() * 255)
         exact = quantize_lab(rgb_to_lab(crop.astype(np.float32) / 255.0))
         expected = np.round(lab_to_rgb(dequantize_lab(exact)).numpy() * 255)
         # the record holds exactly the quantised LAB of its source's crop...
@@ -346,15 +347,36 @@ def test_validator_fails_on_records_that_break_the_schema(ingested, ingest_confi
 
     out = tmp_path / "broken"
     shutil.copytree(ingest_config.output_dir, out)
-    bad = make_example(lab_png=b"not a png", height=SIZE, width=SIZE, source="x", path="y.jpg", sha256="0" * 64,
+    bad = make_example(lab_codes=b"too short", height=SIZE, width=SIZE, source="x", path="y.jpg", sha256="0" * 64,
                        colorfulness=1.0).SerializeToString()
     with open(out / "examples" / "train" / "data-99999-of-99999.tfrecord", "wb") as f:
         f.write(tfrecord_frame(bad))
-    with pytest.raises(validator.ValidationError, match="does not decode as PNG"):
+    short = f"holds 9 bytes, height x width x 3 = {SIZE}x{SIZE}x3 is {SIZE * SIZE * 3}"
+    with pytest.raises(validator.ValidationError, match=short):
         validator.run_validation(str(out), ["--runner=DirectRunner"])
     report = json.loads((out / "anomalies.json").read_text())
     problems = " ".join(a["problem"] for a in report["anomalies"])
-    assert "does not decode as PNG" in problems and "statistics say" in problems
+    assert short in problems and "statistics say" in problems
+
+
+def test_ingest_writes_uncompressed_raw_codes_and_the_validator_refuses_version_1_output(ingested, ingest_config,
+                                                                                          tmp_path):
+    from components import validator
+    from schemas import SCHEMA_VERSION, old_records_error
+    from tests.conftest import write_v1_examples
+
+    files = glob.glob(os.path.join(ingest_config.output_dir, "examples", "*", "*"))
+    assert files and all(f.endswith(".tfrecord") for f in files)
+    assert ingested["schema_version"] == SCHEMA_VERSION == 2
+    records = read_records(ingest_config.output_dir, "train")
+    # nothing but the codes and the small features: the record is barely larger than SIZE x SIZE x 3
+    assert all(SIZE * SIZE * 3 < len(r) < SIZE * SIZE * 3 + 400 for r in records)
+
+    train = write_v1_examples(str(tmp_path / "old"))
+    with pytest.raises(validator.ValidationError) as raised:
+        validator.run_validation(str(tmp_path / "old"), ["--runner=DirectRunner"])
+    assert str(raised.value) == old_records_error(os.path.dirname(train), 1)
+    assert validator.main(["--output_dir", str(tmp_path / "old")]) == 2
 
 
 def test_same_input_twice_gives_the_same_records_even_multi_process(ingested, ingest_config, tmp_path):

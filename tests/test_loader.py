@@ -13,8 +13,8 @@ from tensorflow.core.example import example_pb2
 import schemas
 from components import loader
 from components.loader import LoaderError
-from schemas import HEIGHT_KEY, IMAGE_KEY
-from tests.conftest import SIZE, read_records
+from schemas import HEIGHT_KEY, IMAGE_KEY, WIDTH_KEY
+from tests.conftest import SIZE, read_records, write_v1_examples
 
 CROP = SIZE - 16
 
@@ -33,8 +33,11 @@ def _write(path, records: list[bytes]) -> str:
 
 
 def _lab(record: bytes) -> np.ndarray:
-    png = example_pb2.Example.FromString(record).features.feature[IMAGE_KEY].bytes_list.value[0]
-    return schemas.decode_lab(png).numpy()
+    feature = example_pb2.Example.FromString(record).features.feature
+    return schemas.decode_lab(
+        feature[IMAGE_KEY].bytes_list.value[0], feature[HEIGHT_KEY].int64_list.value[0],
+        feature[WIDTH_KEY].int64_list.value[0],
+    ).numpy()
 
 
 def _batches(ds) -> list:
@@ -42,12 +45,12 @@ def _batches(ds) -> list:
 
 
 def _noise_record(side: int, seed: int = 0) -> bytes:
-    """A valid record whose PNG does not compress: its bytes are about side^2 * 3."""
+    """A valid record of random codes: its image is side^2 * 3 bytes."""
     codes = np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
-    png = schemas.encode_png(codes)
+    stored = schemas.encode_codes(codes)
     return schemas.make_example(
-        lab_png=png, height=side, width=side, source="noise", path=f"noise_{seed}.png",
-        sha256=hashlib.sha256(png).hexdigest(), colorfulness=50.0,
+        lab_codes=stored, height=side, width=side, source="noise", path=f"noise_{seed}.png",
+        sha256=hashlib.sha256(stored).hexdigest(), colorfulness=50.0,
     ).SerializeToString()
 
 
@@ -80,7 +83,8 @@ def test_batches_have_the_models_shapes_dtypes_and_ranges(examples_dir):
 
 def test_eval_is_the_centre_crop_of_decode_lab_with_no_scaling_drift(examples_dir):
     path = loader.example_files(examples_dir, "eval")[0]
-    records = [r.numpy() for r in tf.data.TFRecordDataset(path, compression_type="GZIP")]
+    assert path.endswith(".tfrecord")  # ingest writes uncompressed records by default
+    records = [r.numpy() for r in tf.data.TFRecordDataset(path)]
     l, ab = (np.concatenate(t) for t in zip(*_batches(
         loader.make_dataset(path, "eval", image_size=CROP, batch_size=3, training=False))))
     assert len(l) == len(records)
@@ -88,7 +92,7 @@ def test_eval_is_the_centre_crop_of_decode_lab_with_no_scaling_drift(examples_di
     for i, record in enumerate(records):
         lab = _lab(record)[offset : offset + CROP, offset : offset + CROP]
         np.testing.assert_array_equal(l[i], lab[..., :1])
-        np.testing.assert_allclose(ab[i] * 128.0, lab[..., 1:], atol=1e-4)
+        np.testing.assert_array_equal(ab[i] * 128.0, lab[..., 1:])
 
 
 def test_eval_is_deterministic_and_fixed_batch_is_its_first_batch(examples_dir):
@@ -154,13 +158,41 @@ def test_a_file_that_is_not_a_tfrecord_is_named(tmp_path, name):
 
 def test_records_without_the_schemas_features_are_refused_with_the_missing_feature(tmp_path):
     example = example_pb2.Example()
-    example.features.feature[IMAGE_KEY].bytes_list.value.append(b"not a png")
+    example.features.feature[IMAGE_KEY].bytes_list.value.append(b"not codes")
     good = tmp_path / "good.tfrecord.gz"
     _write(good, [_noise_record(16)])
     bad = _write(tmp_path / "other.tfrecord.gz", [example.SerializeToString()])
     with pytest.raises(LoaderError, match=f"missing feature '{HEIGHT_KEY}'") as raised:
         loader.make_dataset(str(tmp_path / "*.tfrecord.gz"), "train", image_size=8, batch_size=2, training=True)
     assert bad in str(raised.value) and "re-run example_gen" in str(raised.value)
+
+
+def test_schema_version_1_records_are_refused_with_one_sentence_saying_to_re_ingest(tmp_path):
+    train = write_v1_examples(str(tmp_path / "old"))
+    for examples in (str(tmp_path / "old"), os.path.join(train, "*.tfrecord.gz")):
+        with pytest.raises(LoaderError) as raised:
+            loader.make_dataset(examples, "train", image_size=8, batch_size=2, training=True)
+        message = str(raised.value)
+        assert message == schemas.old_records_error(train, 1)
+        assert "schema version 1" in message and f"schema version {schemas.SCHEMA_VERSION}" in message
+        assert "re-ingest" in message and "components.example_gen" in message and message.count(". ") == 0
+
+
+def test_a_record_whose_codes_do_not_fill_height_x_width_is_refused(tmp_path):
+    example = example_pb2.Example.FromString(_noise_record(16))
+    example.features.feature[HEIGHT_KEY].int64_list.value[0] = 17
+    path = _write(tmp_path / "short.tfrecord", [example.SerializeToString()])
+    with pytest.raises(LoaderError, match=r"holds 768 bytes, height x width x 3 = 17x16x3 is 816"):
+        loader.make_dataset(path, "train", image_size=8, batch_size=2, training=True)
+
+
+def test_gzip_records_load_like_uncompressed_ones(tmp_path):
+    records = [_noise_record(16, seed) for seed in range(4)]
+    plain, packed = (_write(tmp_path / name, records) for name in ("r.tfrecord", "r.tfrecord.gz"))
+    a, b = (_batches(loader.make_dataset(p, "eval", image_size=16, batch_size=4, training=False))
+            for p in (plain, packed))
+    np.testing.assert_array_equal(a[0][0], b[0][0])
+    np.testing.assert_array_equal(a[0][1], b[0][1])
 
 
 def test_a_bad_record_past_the_first_fails_at_run_time_with_the_problem(tmp_path):
@@ -181,7 +213,7 @@ def test_an_image_size_above_the_stored_size_says_how_to_fix_it(examples_dir):
 
 
 def test_globs_take_a_split_placeholder(examples_dir):
-    pattern = os.path.join(examples_dir, "examples", "{split}", "*.tfrecord.gz")
+    pattern = os.path.join(examples_dir, "examples", "{split}", "*.tfrecord")
     for split in ("train", "eval"):
         assert loader.example_files(pattern, split) == loader.example_files(examples_dir, split)
     assert loader.stored_size(pattern) is None

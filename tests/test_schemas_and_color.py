@@ -11,12 +11,14 @@ from PIL import Image
 from components.color import LabTable, colorfulness, lab_to_rgb, rgb_to_lab
 from schemas import (
     FEATURES,
+    SCHEMA_VERSION,
     check_example,
     decode_lab,
     dequantize_lab,
-    encode_png,
+    encode_codes,
     make_example,
     quantize_lab,
+    record_schema_version,
     tfmd_schema,
 )
 
@@ -72,10 +74,29 @@ def test_lab_table_cache_is_reused_and_a_corrupt_cache_is_rebuilt(lab_table, tmp
 @pytest.mark.parametrize("name", PHOTOS)
 def test_a_record_decodes_back_to_rgb_within_quantisation_error(name, lab_table):
     rgb = _photo(name)[:128, :160]
-    png = encode_png(lab_table(rgb))
-    back = np.round(lab_to_rgb(decode_lab(png)).numpy() * 255)
+    stored = encode_codes(lab_table(rgb))
+    back = np.round(lab_to_rgb(decode_lab(stored, 128, 160)).numpy() * 255)
     error = np.abs(back - rgb)
     assert error.mean() < 1.0 and np.percentile(error, 99.9) <= 6
+
+
+def test_ingest_writes_the_tables_codes_in_the_stored_layout(lab_table):
+    from components.color import unpack, unpacked_bytes
+
+    rgb = _photo("coffee")[:50, :70]
+    packed = lab_table.packed(rgb)
+    assert unpacked_bytes(packed) == encode_codes(lab_table(rgb)) == encode_codes(unpack(packed))
+
+
+def test_the_models_l_and_ab_from_codes_equal_dequantising_bit_for_bit():
+    from schemas import AB_SCALE, codes_to_l_ab
+
+    codes = np.stack(np.meshgrid(np.arange(256), np.arange(256), np.arange(0, 256, 5), indexing="ij"), -1)
+    l, ab = codes_to_l_ab(codes.astype(np.uint8))
+    lab = dequantize_lab(codes.astype(np.uint8)).numpy()
+    np.testing.assert_array_equal(l.numpy(), lab[..., :1])
+    np.testing.assert_array_equal(ab.numpy(), lab[..., 1:] / AB_SCALE)
+    assert l.numpy().max() == 100.0 and ab.numpy().min() == -1.0
 
 
 def test_quantisation_round_trips_within_half_a_step():
@@ -87,15 +108,17 @@ def test_quantisation_round_trips_within_half_a_step():
     assert quantize_lab(np.array([[120.0, 200.0, -300.0]], np.float32)).numpy().tolist() == [[255, 255, 0]]
 
 
-def test_png_is_lossless_and_readable_by_pillow_and_tensorflow():
-    import tensorflow as tf
+def test_stored_codes_round_trip_row_major_and_bad_arrays_are_refused():
+    from schemas import decode_codes
 
     codes = np.random.default_rng(1).integers(0, 256, (37, 53, 3), dtype=np.uint8)
-    png = encode_png(codes)
-    np.testing.assert_array_equal(tf.io.decode_png(png).numpy(), codes)
-    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png))), codes)
+    stored = encode_codes(codes)
+    assert len(stored) == 37 * 53 * 3 and stored[:6] == codes[0, :2].tobytes()  # pixel by pixel, L a b each
+    np.testing.assert_array_equal(decode_codes(stored, 37, 53).numpy(), codes)
     with pytest.raises(ValueError, match="H, W, 3"):
-        encode_png(codes[..., 0])
+        encode_codes(codes[..., 0])
+    with pytest.raises(ValueError, match="uint8"):
+        encode_codes(codes.astype(np.int32))
 
 
 def test_colorfulness_is_zero_for_gray_and_high_for_saturated():
@@ -108,7 +131,7 @@ def test_colorfulness_is_zero_for_gray_and_high_for_saturated():
 
 
 def _example(**overrides):
-    fields = dict(lab_png=encode_png(np.zeros((8, 8, 3), np.uint8)), height=8, width=8, source="lfw",
+    fields = dict(lab_codes=encode_codes(np.zeros((8, 8, 3), np.uint8)), height=8, width=8, source="lfw",
                   path="A/A_0001.jpg", sha256="ab" * 32, colorfulness=12.5)
     fields.update(overrides)
     return make_example(**fields)
@@ -120,14 +143,14 @@ def test_serialize_example_writes_what_tensorflow_reads_and_the_same_bytes_every
 
     from schemas import parse_examples, serialize_example
 
-    png = encode_png(np.arange(12 * 10 * 3, dtype=np.uint8).reshape(12, 10, 3))
-    fields = dict(lab_png=png, height=12, width=10, source="lfw", path="Zoë/Zoë_0001.jpg", sha256="ab" * 32,
+    stored = encode_codes(np.arange(12 * 10 * 3, dtype=np.uint8).reshape(12, 10, 3))
+    fields = dict(lab_codes=stored, height=12, width=10, source="lfw", path="Zoë/Zoë_0001.jpg", sha256="ab" * 32,
                   colorfulness=33.25)
     serialized = serialize_example(**fields)
     assert serialized == serialize_example(**fields)
     expected = example_pb2.Example()
     feature = expected.features.feature
-    feature["image/lab_png"].bytes_list.value.append(png)
+    feature["image/lab_codes"].bytes_list.value.append(stored)
     feature["image/height"].int64_list.value.append(12)
     feature["image/width"].int64_list.value.append(10)
     feature["image/source"].bytes_list.value.append(b"lfw")
@@ -137,7 +160,7 @@ def test_serialize_example_writes_what_tensorflow_reads_and_the_same_bytes_every
     assert example_pb2.Example.FromString(serialized) == expected
     assert check_example(serialized, stored_size=None) == []
     parsed = parse_examples(tf.constant([serialized]))
-    assert parsed["image/lab_png"].numpy()[0] == png and parsed["image/path"].numpy()[0].decode() == "Zoë/Zoë_0001.jpg"
+    assert parsed["image/lab_codes"].numpy()[0] == stored and parsed["image/path"].numpy()[0].decode() == "Zoë/Zoë_0001.jpg"
     assert int(parsed["image/height"][0]) == 12 and float(parsed["image/colorfulness"][0]) == 33.25
 
 
@@ -145,13 +168,21 @@ def test_check_example_accepts_a_good_record_and_names_each_problem():
     assert check_example(_example().SerializeToString(), stored_size=8) == []
     assert check_example(b"\x00garbage") != []
     assert "stored size is 16x16" in " ".join(check_example(_example().SerializeToString(), stored_size=16))
-    assert "does not decode as PNG" in " ".join(check_example(_example(lab_png=b"junk").SerializeToString()))
-    assert "is 8x8 but height/width say 9x8" in " ".join(check_example(_example(height=9).SerializeToString()))
+    assert "holds 4 bytes, height x width x 3 = 8x8x3 is 192" in " ".join(
+        check_example(_example(lab_codes=b"junk").SerializeToString()))
+    assert "holds 192 bytes, height x width x 3 = 9x8x3 is 216" in " ".join(
+        check_example(_example(height=9).SerializeToString()))
     assert "64 lowercase hex" in " ".join(check_example(_example(sha256="xyz").SerializeToString()))
     assert "'image/source' is empty" in " ".join(check_example(_example(source="").SerializeToString()))
     gray = io.BytesIO()
-    Image.new("L", (8, 8)).save(gray, "PNG")
-    assert "mode L" in " ".join(check_example(_example(lab_png=gray.getvalue()).SerializeToString()))
+    Image.new("RGB", (8, 8)).save(gray, "PNG")
+    v1 = _example()
+    del v1.features.feature["image/lab_codes"]
+    v1.features.feature["image/lab_png"].bytes_list.value.append(gray.getvalue())
+    assert record_schema_version(v1.SerializeToString()) == 1
+    assert record_schema_version(_example().SerializeToString()) == SCHEMA_VERSION == 2
+    (problem,) = check_example(v1.SerializeToString())
+    assert "schema version 1" in problem and "re-ingest" in problem
     example = _example()
     del example.features.feature["image/width"]
     example.features.feature["extra"].int64_list.value.append(1)
@@ -186,7 +217,7 @@ def test_records_parse_with_the_feature_spec():
     parsed = parse_examples(tf.constant([_example().SerializeToString()]))
     assert set(parsed) == {f.name for f in FEATURES}
     assert parsed["image/source"].numpy().tolist() == [b"lfw"]
-    assert decode_lab(parsed["image/lab_png"][0]).shape == (8, 8, 3)
+    assert decode_lab(parsed["image/lab_codes"][0], parsed["image/height"][0], parsed["image/width"][0]).shape == (8, 8, 3)
 
 
 def test_tfmd_schema_states_types_presence_and_domains():
@@ -195,6 +226,6 @@ def test_tfmd_schema_states_types_presence_and_domains():
     schema = tfmd_schema(stored_size=256)
     features = {f.name: f for f in schema.feature}
     assert set(features) == {f.name for f in FEATURES}
-    assert features["image/lab_png"].type == schema_pb2.BYTES
+    assert features["image/lab_codes"].type == schema_pb2.BYTES
     assert features["image/height"].int_domain.min == features["image/height"].int_domain.max == 256
     assert all(f.presence.min_fraction == 1.0 and f.value_count.max == 1 for f in schema.feature)

@@ -54,10 +54,10 @@ def embedded_examples(examples, tmp_path_factory) -> str:
     for split in ("train", "eval"):
         folder = out / "examples" / split
         folder.mkdir(parents=True)
-        path = str(folder / "data-00000-of-00001.tfrecord.gz")
-        with tf.io.TFRecordWriter(path, options="GZIP") as writer:
+        path = str(folder / "data-00000-of-00001.tfrecord")
+        with tf.io.TFRecordWriter(path) as writer:
             for file in loader.example_files(examples, split):
-                for record in tf.data.TFRecordDataset(file, compression_type="GZIP"):
+                for record in tf.data.TFRecordDataset(file):  # ingest writes uncompressed records
                     example = tf.train.Example.FromString(record.numpy())
                     probabilities = rng.dirichlet(np.ones(1000)).astype(np.float32)
                     example.features.feature[loader.EMBEDDING_KEY].float_list.value.extend(probabilities)
