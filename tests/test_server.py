@@ -630,6 +630,8 @@ def test_main_serves_until_sigterm_and_stops_gracefully(tmp_path):
             process.kill()
     err = process.stderr.read()
     assert "Serving colorizer: gRPC on port" in err and "Stopped in" in err
+    cpus = os.cpu_count() or 1  # its own TensorFlow: the pools sized before the first model loaded
+    assert f"TensorFlow threads: inter-op {2 * cpus}, intra-op {cpus}." in err, err[-2000:]
 
 
 def _reachable(port: int) -> bool:

@@ -548,3 +548,20 @@ def test_limit_flags_reach_the_server_and_bad_values_exit_2(slow_base, capsys):
                             "--json_parse_process_bytes=-1"]) == 2
     assert capsys.readouterr().err.strip() == ("--json_parse_process_bytes must be 0 (parse every body in the "
                                                "request's thread) or more, got -1.")
+    assert server_lib.main([f"--model_base_path={slow_base}", "--implementation=python",
+                            "--tensorflow_inter_op_parallelism=-2"]) == 2
+    assert capsys.readouterr().err.strip() == ("--tensorflow_inter_op_parallelism must be 0 (automatic) or a number "
+                                               "of threads, got -2.")
+
+
+def test_tensorflow_thread_flags_are_tf_servings_and_default_to_two_inter_op_threads_per_cpu(slow_base):
+    parser = server_lib.build_parser()
+    cpus = os.cpu_count() or 1
+    defaults = parser.parse_args([f"--model_base_path={slow_base}"])
+    assert server_lib.tensorflow_threads(server_lib.config_from_args(defaults)) == (2 * cpus, cpus)
+    assert "--tensorflow_inter_op_parallelism" not in " ".join(server_lib.tensorflow_model_server_argv(defaults))
+    chosen = parser.parse_args([f"--model_base_path={slow_base}", "--tensorflow_inter_op_parallelism=3",
+                                "--tensorflow_intra_op_parallelism=1"])
+    assert server_lib.tensorflow_threads(server_lib.config_from_args(chosen)) == (3, 1)
+    argv = server_lib.tensorflow_model_server_argv(chosen)  # stock tensorflow_model_server has the same two flags
+    assert "--tensorflow_inter_op_parallelism=3" in argv and "--tensorflow_intra_op_parallelism=1" in argv
