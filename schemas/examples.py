@@ -164,21 +164,24 @@ def serialize_example(
     the Example message costs each worker seconds of start-up. Features are
     written in key order, so the same image always gives the same bytes.
     """
-    features = {
-        IMAGE_KEY: _bytes_feature(lab_codes),
-        HEIGHT_KEY: _int64_feature(int(height)),
-        WIDTH_KEY: _int64_feature(int(width)),
-        SOURCE_KEY: _bytes_feature(source.encode("utf-8")),
-        PATH_KEY: _bytes_feature(path.encode("utf-8")),
-        SHA256_KEY: _bytes_feature(sha256.encode("ascii")),
-        COLORFULNESS_KEY: _field(2, *_field(1, struct.pack("<f", float(colorfulness)))),  # Feature.float_list
-    }
-    entries = [
-        piece
-        for key, feature in sorted(features.items())
-        for piece in _field(1, *_field(1, key.encode("utf-8")), *_field(2, *feature))  # Features.feature map entry
-    ]
-    return b"".join(_field(1, *entries))  # Example.features; the only copy of the image's bytes
+    features = (  # in key order
+        (COLORFULNESS_KEY, _float_feature(float(colorfulness))),
+        (HEIGHT_KEY, _int64_feature(int(height))),
+        (IMAGE_KEY, _bytes_feature(lab_codes)),
+        (PATH_KEY, _bytes_feature(path.encode("utf-8"))),
+        (SHA256_KEY, _bytes_feature(sha256.encode("ascii"))),
+        (SOURCE_KEY, _bytes_feature(source.encode("utf-8"))),
+        (WIDTH_KEY, _int64_feature(int(width))),
+    )
+    pieces, size = [b""], 0
+    for key, (feature, feature_size) in features:
+        key_field = _KEY_FIELDS[key]
+        value_header = b"\x12" + _varint(feature_size)  # MapEntry.value
+        entry_header = b"\x0a" + _varint(len(key_field) + len(value_header) + feature_size)  # Features.feature
+        pieces += (entry_header, key_field, value_header, *feature)
+        size += len(entry_header) + len(key_field) + len(value_header) + feature_size
+    pieces[0] = b"\x0a" + _varint(size)  # Example.features
+    return b"".join(pieces)  # the only copy of the image's bytes
 
 
 def make_example(**fields):
@@ -198,17 +201,26 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _field(field: int, *payload: bytes) -> list[bytes]:
-    """A length-delimited protobuf field around `payload`, as pieces: the payload itself is not copied."""
-    return [_varint(field << 3 | 2) + _varint(sum(len(piece) for piece in payload)), *payload]
+def _bytes_feature(value: bytes) -> tuple[tuple[bytes, ...], int]:
+    """Feature.bytes_list holding `value`, as (pieces, total size): the value itself is not copied."""
+    inner = b"\x0a" + _varint(len(value))  # BytesList.value
+    outer = b"\x0a" + _varint(len(inner) + len(value))  # Feature.bytes_list
+    return (outer, inner, value), len(outer) + len(inner) + len(value)
 
 
-def _bytes_feature(value: bytes) -> list[bytes]:
-    return _field(1, *_field(1, value))  # Feature.bytes_list, BytesList.value
+def _int64_feature(value: int) -> tuple[tuple[bytes, ...], int]:
+    packed = _varint(value)
+    encoded = b"\x1a" + _varint(len(packed) + 2) + b"\x0a" + _varint(len(packed)) + packed  # Feature.int64_list
+    return (encoded,), len(encoded)
 
 
-def _int64_feature(value: int) -> list[bytes]:
-    return _field(3, *_field(1, _varint(value)))  # Feature.int64_list, packed value
+def _float_feature(value: float) -> tuple[tuple[bytes, ...], int]:
+    encoded = b"\x12\x06\x0a\x04" + struct.pack("<f", value)  # Feature.float_list, packed value
+    return (encoded,), len(encoded)
+
+
+_KEY_FIELDS = {key: b"\x0a" + _varint(len(key.encode("utf-8"))) + key.encode("utf-8") for key in (
+    IMAGE_KEY, HEIGHT_KEY, WIDTH_KEY, SOURCE_KEY, PATH_KEY, SHA256_KEY, COLORFULNESS_KEY)}  # MapEntry.key
 
 
 def feature_spec(with_embedding: bool = False) -> dict[str, Any]:

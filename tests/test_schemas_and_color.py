@@ -158,6 +158,7 @@ def test_serialize_example_writes_what_tensorflow_reads_and_the_same_bytes_every
     feature["image/sha256"].bytes_list.value.append(b"ab" * 32)
     feature["image/colorfulness"].float_list.value.append(33.25)
     assert example_pb2.Example.FromString(serialized) == expected
+    assert serialized == expected.SerializeToString(deterministic=True)  # protobuf's own bytes, keys in order
     assert check_example(serialized, stored_size=None) == []
     parsed = parse_examples(tf.constant([serialized]))
     assert parsed["image/lab_codes"].numpy()[0] == stored and parsed["image/path"].numpy()[0].decode() == "Zoë/Zoë_0001.jpg"
