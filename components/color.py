@@ -146,16 +146,13 @@ def colorize(rgb, predict_ab, size: int):
 
 
 def colorfulness(rgb: np.ndarray) -> float:
-    """Hasler and Suesstrunk (2003) colourfulness of a uint8 RGB image.
+    """Hasler and Suesstrunk (2003) colourfulness of an RGB image (uint8, or floats on the same 0..255 scale).
 
     0 for a gray image; about 15 'slightly colourful', 33 'moderately', 59
     'quite', 82 'highly colourful'.
     """
-    x = np.asarray(rgb, dtype=np.float32)
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    rg = r - g
-    yb = 0.5 * (r + g) - b
-    return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
+    (rg_values, rg_counts), (yb_values, yb_counts) = _opponent_histograms(rgb)
+    return _hasler_suesstrunk(rg_values, rg_counts, yb_values, yb_counts)
 
 
 def colorfulness_abs(rgb: np.ndarray) -> float:
@@ -165,11 +162,47 @@ def colorfulness_abs(rgb: np.ndarray) -> float:
     on uint8 images: sigma_rgyb + 0.3 mu_rgyb with absolute opponent channels, so the mean term counts
     colour of either sign and scores run higher than `colorfulness`'s. 0 for a gray image.
     """
-    x = np.asarray(rgb, dtype=np.float32)
+    (rg_values, rg_counts), (yb_values, yb_counts) = _opponent_histograms(rgb)
+    return _hasler_suesstrunk(np.abs(rg_values), rg_counts, np.abs(yb_values), yb_counts)
+
+
+def _opponent_histograms(rgb: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """The opponent channels rg = R - G and yb = (R + G) / 2 - B of every pixel, as (values, counts) each.
+
+    For uint8 images they are exact integer histograms (rg over -255..255, 2 yb over -510..510): two
+    narrow-integer passes and two bincounts instead of float copies of the image, and the moments that
+    follow are exact. Other dtypes give each pixel's own value with count 1.
+    """
+    x = np.asarray(rgb)
     r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    rg = np.abs(r - g)
-    yb = np.abs(0.5 * (r + g) - b)
-    return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
+    if x.dtype != np.uint8:
+        x = x.astype(np.float64)
+        r, g, b = x[..., 0], x[..., 1], x[..., 2]
+        ones = np.ones(r.size)
+        return ((r - g).ravel(), ones), ((0.5 * (r + g) - b).ravel(), ones)
+    rg = np.subtract(r, g, dtype=np.int16)
+    rg += 255
+    yb = np.add(r, g, dtype=np.int16)
+    yb += 510
+    yb -= b
+    yb -= b  # 2 yb + 510: 0..1020
+    rg_counts = np.bincount(rg.ravel(), minlength=511)
+    yb_counts = np.bincount(yb.ravel(), minlength=1021)
+    return (np.arange(-255, 256.0), rg_counts), (np.arange(-510, 511.0) / 2, yb_counts)
+
+
+def _hasler_suesstrunk(rg: np.ndarray, rg_counts: np.ndarray, yb: np.ndarray, yb_counts: np.ndarray) -> float:
+    """sigma_rgyb + 0.3 mu_rgyb from weighted values of the two opponent channels."""
+
+    def mean_std(values, counts):
+        n = counts.sum()
+        mean = float(np.dot(counts, values) / n)
+        variance = float(np.dot(counts, (values - mean) ** 2) / n)
+        return mean, variance**0.5
+
+    rg_mean, rg_std = mean_std(rg, rg_counts)
+    yb_mean, yb_std = mean_std(yb, yb_counts)
+    return float(np.hypot(rg_std, yb_std) + 0.3 * np.hypot(rg_mean, yb_mean))
 
 
 _TABLE_VERSION = 2
@@ -241,15 +274,35 @@ class LabTable:
         from PIL import Image
 
         rgb = np.asarray(rgb, dtype=np.uint8)
-        image = rgb if rgb.ndim == 3 else rgb.reshape(-1, 1, 3)
-        rgbx = np.asarray(Image.fromarray(np.ascontiguousarray(image), "RGB").convert("RGBX"))
-        index = rgbx.view("<u4")[..., 0] & 0xFFFFFF
+        words = _rgbx_words(rgb)
+        if words is None:
+            image = rgb if rgb.ndim == 3 else rgb.reshape(-1, 1, 3)
+            words = np.asarray(Image.fromarray(np.ascontiguousarray(image), "RGB").convert("RGBX")).view("<u4")[..., 0]
+        index = np.empty(words.shape, np.intp)  # the index type take wants: one pass, no converted copy
+        np.bitwise_and(words, 0xFFFFFF, out=index, casting="unsafe")
         return self._table.take(index).reshape(rgb.shape[:-1])
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """uint8 RGB [..., 3] -> uint8 LAB codes [..., 3]."""
         packed = self.packed(rgb)
         return unpack(packed.reshape(-1, 1) if packed.ndim != 2 else packed).reshape(*packed.shape, 3)
+
+
+def _rgbx_words(rgb: np.ndarray) -> np.ndarray | None:
+    """The little-endian 32-bit words under `rgb`'s pixels, channel 0 in the low byte and the byte after
+    channel 2 in the high one, when its pixels lie 4 bytes apart in one contiguous buffer that holds that
+    byte too (the view `rgbx[..., :3]` of an RGBX buffer, as decode.center_crop_resize returns); else None."""
+    if rgb.ndim != 3 or rgb.shape[-1] != 3 or not isinstance(rgb.base, np.ndarray):
+        return None
+    height, width, _ = rgb.shape
+    if rgb.strides != (4 * width, 4, 1) or rgb.base.dtype != np.uint8 or not rgb.base.flags.c_contiguous:
+        return None
+    low, high = np.byte_bounds(rgb.base)
+    start = rgb.__array_interface__["data"][0]
+    if not low <= start <= high - 4 * height * width:  # the padding bytes are inside the same buffer
+        return None
+    rgbx = np.lib.stride_tricks.as_strided(rgb, shape=(height, width, 4), writeable=False)
+    return rgbx.view("<u4")[..., 0]
 
 
 def unpack(packed: np.ndarray) -> np.ndarray:
@@ -264,4 +317,4 @@ def unpacked_bytes(packed: np.ndarray) -> bytes:
 
     height, width = packed.shape
     packed = np.ascontiguousarray(packed, dtype="<u4")
-    return Image.frombuffer("RGBX", (width, height), packed, "raw", "RGBX", 0, 1).convert("RGB").tobytes()
+    return Image.frombuffer("RGBX", (width, height), packed, "raw", "RGBX", 0, 1).tobytes("raw", "RGB")

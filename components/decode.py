@@ -87,8 +87,10 @@ def load_rgb(data: bytes, *, min_side: int, max_pixels: int, draft_size: int | N
 def center_crop_resize(image: Image.Image, size: int) -> np.ndarray:
     """Shorter side resized to `size` and centre-cropped: uint8 [size, size, 3].
 
-    The result is a read-only view of the resized image's bytes; copy it
-    before writing into it.
+    The result is a read-only view of the resized image's bytes, 4 per pixel
+    (RGB and a padding byte, as Pillow holds RGB): `LabTable.packed` reads
+    such a view as 32-bit words without converting it. Copy it before
+    writing into it.
     """
     if image.mode != "RGB":
         raise ValueError(f"center_crop_resize needs an RGB image, got mode {image.mode}; decode it with load_rgb")
@@ -99,7 +101,8 @@ def center_crop_resize(image: Image.Image, size: int) -> np.ndarray:
         image = image.resize(
             (size, size), RESAMPLE, box=(left, top, left + side, top + side), reducing_gap=REDUCING_GAP
         )
-    return np.asarray(image)
+    rgbx = np.frombuffer(image.tobytes("raw", "RGBX"), np.uint8).reshape(size, size, 4)
+    return rgbx[..., :3]
 
 
 def decode_and_crop(

@@ -171,40 +171,30 @@ def histograms(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return l_hist, ab_hist
 
 
-HISTOGRAM_CHUNK_PIXELS = 1 << 21
-"""Pixels counted per np.bincount call in batch_histograms: 16 MiB of int64 indices at a time, whatever the batch."""
-
-
 def batch_histograms(packed: list, splits: list, n_splits: int) -> tuple[np.ndarray, np.ndarray]:
     """L histogram over all of `packed` (LabTable.packed codes of several images), and the ab histogram
-    [a code, b code] of each split: a [n_splits, 256, 256] array, image i counted in split `splits[i]`.
-
-    One np.bincount per chunk of images instead of two per image: the 65,536 ab bins are cleared and added
-    once per chunk.
-    """
+    [a code, b code] of each split: a [n_splits, 256, 256] array, image i counted in split `splits[i]`."""
     l_hist = np.zeros(256, np.int64)
-    ab_hist = np.zeros(n_splits << 16, np.int64)
-    start = 0
-    while start < len(packed):
-        stop, pixels = start, 0
-        while stop < len(packed) and (stop == start or pixels + packed[stop].size <= HISTOGRAM_CHUNK_PIXELS):
-            pixels += packed[stop].size
-            stop += 1
-        index = np.empty(pixels, np.int64)
-        offset = 0
-        for codes in packed[start:stop]:
-            np.bitwise_and(codes.reshape(-1), 0xFF, out=index[offset:offset + codes.size])
-            offset += codes.size
-        l_hist += np.bincount(index, minlength=256)
-        offset = 0
-        for codes, split in zip(packed[start:stop], splits[start:stop]):
-            view = index[offset:offset + codes.size]
-            np.right_shift(codes.reshape(-1), 8, out=view)
-            view += split << 16
-            offset += codes.size
-        ab_hist += np.bincount(index, minlength=n_splits << 16)
-        start = stop
-    return l_hist, ab_hist.reshape(n_splits, 256, 256).transpose(0, 2, 1)  # index a + 256 b -> [a, b]
+    ab_flat = np.zeros((n_splits, 1 << 16), np.int64)
+    count_histograms(packed, splits, l_hist, ab_flat)
+    return l_hist, ab_flat.reshape(n_splits, 256, 256).transpose(0, 2, 1)  # index a + 256 b -> [a, b]
+
+
+def count_histograms(packed: list, splits: list, l_hist: np.ndarray, ab_flat: np.ndarray) -> None:
+    """Adds the L codes of `packed` (LabTable.packed codes of several images) to `l_hist` [256] and the ab
+    codes of image i to `ab_flat[splits[i]]`, indexed a code + 256 b code.
+
+    Image by image, the L codes and then the ab codes are written into one reused index buffer (the type
+    np.bincount counts without converting) and counted: the buffer stays in the core's cache, which
+    makes this faster than counting a whole batch at once.
+    """
+    index = np.empty(max((codes.size for codes in packed), default=0), np.intp)
+    for codes, split in zip(packed, splits):
+        flat, image_index = codes.reshape(-1), index[: codes.size]
+        np.bitwise_and(flat, 0xFF, out=image_index, casting="unsafe")
+        l_hist += np.bincount(image_index, minlength=256)
+        np.right_shift(flat, 8, out=image_index, casting="unsafe")
+        ab_flat[split] += np.bincount(image_index, minlength=1 << 16)
 
 
 def bin_ab(ab_hist: np.ndarray) -> np.ndarray:
@@ -284,10 +274,10 @@ class ToExamples(beam.DoFn):
     """A batch of (sha256, FileRef) -> (split, [serialized tf.train.Example, ...]) per split, or rejections.
 
     One call per batch of tens of images (beam.BatchElements in front): each
-    image is decoded and converted to LAB codes through the table, the
-    histograms of the whole batch are counted at once, and each split's
-    records leave as one element, so Beam's per-element cost is paid per
-    batch. A file that fails is rejected alone; the rest of its batch is
+    image is decoded and converted to LAB codes through the table, its
+    codes are counted into the bundle's L and ab histograms, and each
+    split's records leave as one element, so Beam's per-element cost is
+    paid per batch. A file that fails is rejected alone; the rest of its batch is
     written. Statistics of the written images are pre-aggregated per bundle
     and emitted once per bundle on the 'stats' output: per-image histograms
     would move 0.5 MiB per image through the runner.
@@ -302,16 +292,25 @@ class ToExamples(beam.DoFn):
         self._lab = LabTable()
         self._statistics = IngestStatistics()
         self._split_names = [name for name, _ in self._config.splits]
+        self._bundle_l = np.zeros(256, np.int64)
+        self._bundle_ab = np.zeros((len(self._split_names), 1 << 16), np.int64)  # a code + 256 b code
 
     def start_bundle(self):
         self._bundle_stats = self._statistics.create_accumulator()
         self._bundle_written = 0
+        self._bundle_l[:] = 0
+        self._bundle_ab[:] = 0
 
     def finish_bundle(self):
         if self._bundle_written:
             from apache_beam.transforms.window import GlobalWindows
 
-            yield beam.pvalue.TaggedOutput("stats", GlobalWindows.windowed_value(("partial", self._bundle_stats)))
+            stats = self._bundle_stats
+            stats["l_hist"] += self._bundle_l
+            for index, counts in enumerate(self._bundle_ab):
+                if counts.any():
+                    _add_ab(stats["ab_hist"], self._split_names[index], counts.reshape(256, 256).T)
+            yield beam.pvalue.TaggedOutput("stats", GlobalWindows.windowed_value(("partial", stats)))
 
     def _decode(self, data: bytes):
         """decode_and_crop, tried again after each of MEMORY_RETRY_WAITS_S on MemoryError; None if it persists."""
@@ -381,11 +380,7 @@ class ToExamples(beam.DoFn):
             self._statistics.add_input(self._bundle_stats, ("written", split, ref.source, colorfulness, None, None))
         if not packed_codes:
             return
-        l_hist, ab_hists = batch_histograms(packed_codes, split_indices, len(self._split_names))
-        self._bundle_stats["l_hist"] += l_hist
-        for index, counts in enumerate(ab_hists):
-            if counts.any():
-                _add_ab(self._bundle_stats["ab_hist"], self._split_names[index], counts)
+        count_histograms(packed_codes, split_indices, self._bundle_l, self._bundle_ab)
         self._bundle_written += len(packed_codes)
         for split, split_records in records.items():
             Metrics.counter(_NAMESPACE, f"written_{split}").inc(len(split_records))
