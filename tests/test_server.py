@@ -532,9 +532,20 @@ def test_full_batch_queue_is_unavailable_and_slow_rest_requests_time_out(tmp_pat
                          rest_api_timeout_in_ms=300)
     with server_lib.serve(config) as running:
         waiting: dict[str, object] = {}
-        opener = threading.Thread(target=lambda: waiting.setdefault("response", grpc_predict(
-            running.grpc_port, {"x": np.ones((1, 3), np.float32), "offset": np.zeros(1, np.float32)}, "scale")))
-        opener.start()  # its batch of 1 row waits for a second row or the 4 s timeout (room on a busy machine)
+
+        def open_batch() -> None:  # its batch of 1 row waits for a second row or the 4 s timeout (room on a busy machine)
+            for _ in range(100):
+                try:
+                    waiting["response"] = grpc_predict(running.grpc_port, {"x": np.ones((1, 3), np.float32),
+                                                                           "offset": np.zeros(1, np.float32)}, "scale")
+                    return
+                except grpc.RpcError as e:  # a probe's batch of 2 held the queue when it arrived: try again
+                    if e.code() != grpc.StatusCode.UNAVAILABLE:
+                        raise
+                    time.sleep(0.05)
+
+        opener = threading.Thread(target=open_batch)
+        opener.start()
         refused = None
         while refused is None and opener.is_alive():
             try:  # 2 rows do not fit beside it, and the queue holds one batch
