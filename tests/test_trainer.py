@@ -361,7 +361,7 @@ def test_classification_head_trains_and_beats_gray(examples, prior_path, tmp_pat
     out = tmp_path / "run"
     path = _hparams_file(tmp_path, width=0.5, batch_size=8, learning_rate=3e-3)
     result = trainer.train(_config(examples, out, path, head="classification", prior=prior_path, epochs=10,
-                                   steps_per_epoch=10, patience=100))
+                                   steps_per_epoch=16, patience=100))
 
     summary = json.loads((out / trainer.SUMMARY_FILE).read_text())
     assert summary["head"] == summary["hparams"]["head"] == "classification" and summary["temperature"] == 0.38
