@@ -247,13 +247,13 @@ class EmbedExamples(beam.PTransform):
         self._gzip = gzip
 
     def expand(self, pbegin):
-        from components.tfrecord_sink import WriteToTFRecord
+        from components.tfrecord_sink import ReadTFRecords, WriteToTFRecord
 
         patterns = [FileSystems.join(self._examples_dir, split, _FILE_GLOB) for split in self._splits]
         embedded = (
             pbegin
             | "Patterns" >> beam.Create(patterns)
-            | "ReadRecords" >> beam.io.ReadAllFromTFRecord(with_filename=True)
+            | "ReadRecords" >> ReadTFRecords()
             | "KeyBySplit" >> beam.Map(_key_by_split, self._examples_dir)
             | "AddEmbeddings" >> AddEmbeddings(self._handler, self._image_size)
         )

@@ -1,4 +1,5 @@
-"""A Beam TFRecord sink that writes lists of records per element, uncompressed or GZIP by ISA-L.
+"""Beam TFRecord IO: a sink that writes lists of records per element, uncompressed or GZIP by ISA-L, and a
+reader that checks the records' CRCs with google-crc32c.
 
 Ingest writes uncompressed files by default (the loader reads them 3x
 faster). Where GZIP is asked for, Beam's own WriteToTFRecord would deflate at
@@ -7,6 +8,11 @@ does per image; this sink deflates with ISA-L instead. It keeps Beam's
 FileBasedSink machinery (temp files, atomic finalize, any FileSystem) and
 writes standard TFRecord files that tf.data reads (compression_type="GZIP"
 for `.tfrecord.gz`).
+
+Beam's own TFRecord reader checks each record's CRC with crcmod unless
+python-snappy is installed: 0.6-0.8 ms per 183 KiB record, more than the
+rest of validating it. `ReadTFRecords` reads the same files with the same
+checks through google-crc32c (hardware CRC32C).
 """
 
 from __future__ import annotations
@@ -113,3 +119,59 @@ class WriteToTFRecord(beam.PTransform):
     def expand(self, pcoll):
         suffix = ".tfrecord.gz" if self._gzip else ".tfrecord"
         return pcoll | beam.io.Write(_TFRecordSink(self._prefix, suffix, self._gzip, self._level))
+
+
+class CorruptRecordError(ValueError):
+    """A TFRecord file whose framing or CRCs are wrong."""
+
+
+def read_tfrecord_file(path: str):
+    """(path, record) for every record of one TFRecord file, GZIP by its `.gz` name; each length and record is
+    checked against its masked CRC32C. Raises CorruptRecordError naming the file and the byte offset."""
+    from apache_beam.io.filesystems import FileSystems
+
+    def corrupt(offset: int, what: str) -> CorruptRecordError:
+        return CorruptRecordError(f"{path} is not a valid TFRecord file: {what} at byte {offset} of its "
+                                  "uncompressed data; it was damaged after it was written, so write it again "
+                                  "(re-run the job that wrote it).")
+
+    offset = 0
+    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as f:
+        while True:
+            header = f.read(12)
+            if not header:
+                return
+            if len(header) < 12:
+                raise corrupt(offset, "the file ends inside a record's length")
+            length_bytes, (length_crc,) = header[:8], struct.unpack("<I", header[8:])
+            if _masked_crc32c(length_bytes) != length_crc:
+                raise corrupt(offset, "a record's length does not match its CRC")
+            (length,) = struct.unpack("<Q", length_bytes)
+            record = f.read(length)
+            footer = f.read(4)
+            if len(record) < length or len(footer) < 4:
+                raise corrupt(offset, f"the file ends inside a record of {length} bytes")
+            if _masked_crc32c(record) != struct.unpack("<I", footer)[0]:
+                raise corrupt(offset, f"a record of {length} bytes does not match its CRC")
+            offset += 16 + length
+            yield path, record
+
+
+class ReadTFRecords(beam.PTransform):
+    """File patterns -> (file path, serialized record) for every record of every matching file.
+
+    As `beam.io.ReadAllFromTFRecord(with_filename=True)`: each file is read
+    whole by one worker (the files are spread over the workers first), GZIP
+    files by their `.gz` name, and a damaged file fails the job with a
+    CorruptRecordError that names it.
+    """
+
+    def expand(self, patterns):
+        from apache_beam.io.filesystems import FileSystems
+
+        return (
+            patterns
+            | "MatchFiles" >> beam.FlatMap(lambda p: sorted(m.path for m in FileSystems.match([p])[0].metadata_list))
+            | "Distribute" >> beam.Reshuffle()
+            | "ReadFiles" >> beam.FlatMap(read_tfrecord_file)
+        )

@@ -21,6 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from components.tfrecord_sink import ReadTFRecords
 from schemas.artifacts import ANOMALIES_FILE, EXAMPLES_DIR, STATISTICS_FILE
 
 MAX_EXAMPLES_PER_PROBLEM = 5
@@ -118,7 +119,7 @@ def run_validation(output_dir: str, beam_args: list[str], *, sample_rate: float 
     _ = (
         pipeline
         | "Patterns" >> beam.Create(patterns)
-        | "ReadRecords" >> beam.io.ReadAllFromTFRecord(with_filename=True)
+        | "ReadRecords" >> ReadTFRecords()
         | "CheckRecords" >> beam.ParDo(CheckRecords(examples_dir, sample_rate, stored_size))
         | "Tally" >> beam.CombineGlobally(_Tally())
         | "WriteAnomalies" >> beam.Map(_write_report, report_dir, expected, sample_rate)

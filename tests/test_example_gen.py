@@ -361,6 +361,43 @@ def test_validator_fails_on_records_that_break_the_schema(ingested, ingest_confi
     assert short in problems and "statistics say" in problems
 
 
+def test_the_record_reader_reads_tensorflows_files_and_names_a_damaged_one(tmp_path):
+    import gzip
+
+    import tensorflow as tf
+
+    from components.tfrecord_sink import CorruptRecordError, read_tfrecord_file, tfrecord_frame
+
+    records = [b"", b"x", bytes(range(256)) * 700]
+    plain, zipped = str(tmp_path / "a.tfrecord"), str(tmp_path / "b.tfrecord.gz")
+    with tf.io.TFRecordWriter(plain) as writer:
+        for record in records:
+            writer.write(record)
+    with tf.io.TFRecordWriter(zipped, options="GZIP") as writer:
+        for record in records:
+            writer.write(record)
+    assert [r for _, r in read_tfrecord_file(plain)] == records
+    assert list(read_tfrecord_file(zipped)) == [(zipped, r) for r in records]
+
+    data = open(plain, "rb").read()
+    damaged = bytearray(data)
+    damaged[16 + 16 + 1 + 100] ^= 1  # a byte inside the third record
+    for name, content, message in (
+        ("flipped.tfrecord", bytes(damaged), "a record of 179200 bytes does not match its CRC at byte 33"),
+        ("short.tfrecord", data[:-10], "the file ends inside a record of 179200 bytes at byte 33"),
+        ("header.tfrecord", data[:20], "the file ends inside a record's length at byte 16"),
+    ):
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(CorruptRecordError, match=message) as raised:
+            list(read_tfrecord_file(str(path)))
+        assert str(raised.value).startswith(f"{path} is not a valid TFRecord file")
+    assert open(plain, "rb").read() == b"".join(tfrecord_frame(r) for r in records)
+    (tmp_path / "c.tfrecord.gz").write_bytes(gzip.compress(bytes(damaged)))
+    with pytest.raises(CorruptRecordError, match="does not match its CRC"):
+        list(read_tfrecord_file(str(tmp_path / "c.tfrecord.gz")))
+
+
 def test_ingest_writes_uncompressed_raw_codes_and_the_validator_refuses_version_1_output(ingested, ingest_config,
                                                                                           tmp_path):
     from components import validator
