@@ -17,6 +17,7 @@ checks through google-crc32c (hardware CRC32C).
 
 from __future__ import annotations
 
+import re
 import struct
 
 import apache_beam as beam
@@ -123,6 +124,15 @@ class WriteToTFRecord(beam.PTransform):
 
 class CorruptRecordError(ValueError):
     """A TFRecord file whose framing or CRCs are wrong."""
+
+    _SENTENCE = re.compile(r"\S+ is not a valid TFRecord file: .*?\(re-run the job that wrote it\)\.")
+
+    @classmethod
+    def sentence_in(cls, error: BaseException) -> str | None:
+        """This error's sentence when `error` is one, or a runner's error that carries one (Beam re-raises
+        a worker's exception with its text in a RuntimeError); else None."""
+        found = cls._SENTENCE.search(str(error))
+        return found.group(0) if found else None
 
 
 def read_tfrecord_file(path: str):

@@ -21,7 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from components.tfrecord_sink import ReadTFRecords
+from components.tfrecord_sink import CorruptRecordError, ReadTFRecords
 from schemas.artifacts import ANOMALIES_FILE, EXAMPLES_DIR, STATISTICS_FILE
 
 MAX_EXAMPLES_PER_PROBLEM = 5
@@ -124,7 +124,13 @@ def run_validation(output_dir: str, beam_args: list[str], *, sample_rate: float 
         | "Tally" >> beam.CombineGlobally(_Tally())
         | "WriteAnomalies" >> beam.Map(_write_report, report_dir, expected, sample_rate)
     )
-    pipeline.run().wait_until_finish()
+    try:
+        pipeline.run().wait_until_finish()
+    except Exception as e:
+        damaged = CorruptRecordError.sentence_in(e)
+        if damaged is None:
+            raise
+        raise ValidationError(damaged) from None
     with FileSystems.open(FileSystems.join(report_dir, ANOMALIES_FILE)) as f:
         report = json.loads(f.read().decode("utf-8"))
     if report["anomalies"]:

@@ -398,6 +398,27 @@ def test_the_record_reader_reads_tensorflows_files_and_names_a_damaged_one(tmp_p
         list(read_tfrecord_file(str(tmp_path / "c.tfrecord.gz")))
 
 
+def test_the_validator_names_a_damaged_record_file_in_one_sentence(ingested, ingest_config, tmp_path):
+    import shutil
+
+    from components import validator
+
+    out = tmp_path / "damaged"
+    shutil.copytree(ingest_config.output_dir, out)
+    path = sorted((out / "examples" / "train").glob("*.tfrecord"))[0]
+    data = bytearray(path.read_bytes())
+    data[100] ^= 1  # inside the first record
+    path.write_bytes(bytes(data))
+    length = int.from_bytes(data[:8], "little")
+    with pytest.raises(validator.ValidationError) as raised:
+        validator.run_validation(str(out), ["--runner=DirectRunner"])
+    assert str(raised.value) == (
+        f"{path} is not a valid TFRecord file: a record of {length} bytes "
+        "does not match its CRC at byte 0 of its uncompressed data; it was damaged after it was written, so write "
+        "it again (re-run the job that wrote it)."
+    )
+
+
 def test_ingest_writes_uncompressed_raw_codes_and_the_validator_refuses_version_1_output(ingested, ingest_config,
                                                                                           tmp_path):
     from components import validator
