@@ -277,8 +277,8 @@ class ToExamples(beam.DoFn):
     image is decoded and converted to LAB codes through the table, its
     codes are counted into the bundle's L and ab histograms, and each
     split's records leave as one element, so Beam's per-element cost is
-    paid per batch. A file that fails is rejected alone; the rest of its batch is
-    written. Statistics of the written images are pre-aggregated per bundle
+    paid per batch. A file that fails is rejected alone; the rest of its
+    batch is written. Statistics of the written images are pre-aggregated per bundle
     and emitted once per bundle on the 'stats' output: per-image histograms
     would move 0.5 MiB per image through the runner.
     """

@@ -533,7 +533,8 @@ def test_full_batch_queue_is_unavailable_and_slow_rest_requests_time_out(tmp_pat
     with server_lib.serve(config) as running:
         waiting: dict[str, object] = {}
 
-        def open_batch() -> None:  # its batch of 1 row waits for a second row or the 4 s timeout (room on a busy machine)
+        def open_batch() -> None:
+            """Its batch of 1 row waits for a second row or the 4 s timeout (room on a busy machine)."""
             for _ in range(100):
                 try:
                     waiting["response"] = grpc_predict(running.grpc_port, {"x": np.ones((1, 3), np.float32),
