@@ -8,7 +8,10 @@ export to one SavedModel that runs end to end. With `fusion="spatial"`
 Model 2 fuses two of the classifier's feature maps instead, resized to the
 bottleneck's grid, so the decoder learns where things are, not only what the
 picture holds (the pretrained-encoder idea of DeOldify's U-Net, kept to the
-report's layout).
+report's layout). With `fusion="unet"` the classifier's convolutional layers
+run on the image at twice the crop's side and four of their feature maps join
+the decoder at every scale (strides 16 and 32 at the bottleneck, 8 and 4 after
+each upsampling), that U-Net itself.
 
 Because the backbone is frozen, `build_model2_parts` also splits Model 2
 into a `backbone` (L -> embedding) and a `head` ({"l", "embedding"} -> ab)
@@ -87,11 +90,15 @@ class _Backbone:
     """A Keras application used as Model 2's frozen classifier, and where its ImageNet weights live."""
 
     size: int
+    min_size: int
+    """The smallest input side the convolutional layers take (U-Net fusion runs them at twice the crop's)."""
     application: Callable[..., keras.Model]
     weights_file: str
     weights_url: str
     spatial_layers: tuple[str, ...] = ()
     """The feature maps spatial fusion takes: one at stride 16, one at 32 (the last before pooling)."""
+    unet_layers: tuple[str, ...] = ()
+    """The feature maps U-Net fusion takes, at strides 4, 8, 16 and 32 of the backbone's input."""
     weights_hash: str | None = None
     """The file's hash as the Keras application checks it (None where Keras checks none)."""
 
@@ -99,18 +106,22 @@ class _Backbone:
 _BACKBONES = {
     "inception_resnet_v2": _Backbone(
         size=299,
+        min_size=75,
         application=keras.applications.InceptionResNetV2,
         weights_file="inception_resnet_v2_weights_tf_dim_ordering_tf_kernels.h5",
         weights_url="https://storage.googleapis.com/tensorflow/keras-applications/inception_resnet_v2/",
         spatial_layers=("mixed_6a", "conv_7b_ac"),
+        unet_layers=("mixed_5b", "mixed_5b", "mixed_6a", "conv_7b_ac"),  # no named layer at stride 4
         weights_hash="e693bd0210a403b3192acc6073ad2e96",
     ),
     "mobilenet_v2": _Backbone(
         size=224,
+        min_size=32,
         application=keras.applications.MobileNetV2,
         weights_file="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5",
         weights_url="https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/",
         spatial_layers=("block_13_expand_relu", "out_relu"),
+        unet_layers=("block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu", "out_relu"),
     ),
 }
 
@@ -303,63 +314,116 @@ def _frozen_classifier(backbone: str, weights: str | None) -> keras.Model:
     return net
 
 
+def _gray_rgb(l, size: int):
+    """L [S, S, 1] -> the applications' "tf"-preprocessed gray RGB at size x size: L/100 in [0, 1] mapped to
+    [-1, 1], repeated to three channels."""
+    x = keras.layers.Resizing(size, size, name="backbone_resize")(l)
+    x = keras.layers.Rescaling(2.0 / 100.0, offset=-1.0, name="backbone_scale")(x)
+    return keras.layers.Concatenate(name="backbone_gray_rgb")([x, x, x])
+
+
+def _feature_extractor(backbone: str, classifier: keras.Model, size: int) -> keras.Model:
+    """The frozen classifier's convolutional layers rebuilt for a size x size input, its weights copied layer by
+    layer (the applications build the same layers in the same order with and without the top)."""
+    net = _BACKBONES[backbone].application(include_top=False, weights=None, input_shape=(size, size, 3))
+    for layer, source in zip(net.layers, classifier.layers):
+        if layer.weights:
+            layer.set_weights(source.get_weights())
+    net.trainable = False
+    return net
+
+
+def _resized(tensor, cells: int, name: str):
+    return tensor if tuple(tensor.shape[1:3]) == (cells, cells) else keras.layers.Resizing(cells, cells, name=name)(
+        tensor)
+
+
 def _build_backbone(image_size: int, backbone: str, weights: str | None, fusion: str = "global") -> keras.Model:
     """L [S, S, 1] -> what Model 2 fuses, from the frozen classifier, preprocessed in the graph.
 
     global (the report's): the 1000 class probabilities. spatial: the classifier's `spatial_layers` feature
     maps, each resized (bilinear) to the bottleneck's S/8 x S/8 grid and concatenated: where the sky, the
-    grass and the faces are, not only that there are some. Gray RGB through the applications' "tf"
-    preprocess_input is L/100 in [0, 1] mapped to [-1, 1], repeated to three channels.
+    grass and the faces are, not only that there are some. unet: the classifier's convolutional layers run on
+    the image at 2S (no 224 or 299 upsampling, so a third of the cost at S = 64), its `unet_layers` feeding
+    the decoder at every scale, as the pretrained encoder of a U-Net: {"embedding": strides 16 and 32 at S/8,
+    "skip_s4": stride 8 at S/4, "skip_s2": stride 4 at S/2}.
     """
     spec = _BACKBONES[backbone]
     l = _l_input(image_size)
-    x = keras.layers.Resizing(spec.size, spec.size, name="backbone_resize")(l)
-    x = keras.layers.Rescaling(2.0 / 100.0, offset=-1.0, name="backbone_scale")(x)
-    x = keras.layers.Concatenate(name="backbone_gray_rgb")([x, x, x])
+    cells = int(image_size) // 8
     classifier = _frozen_classifier(backbone, weights)
+    if fusion == "unet":
+        size = max(2 * int(image_size), spec.min_size)
+        features = _feature_extractor(backbone, classifier, size)
+        maps = keras.Model(features.inputs, [features.get_layer(name).output for name in spec.unet_layers],
+                           name=f"{backbone}_unet_features")(_gray_rgb(l, size))
+        bottleneck = [_resized(m, cells, f"backbone_features{i}_resize") for i, m in enumerate(maps[2:], start=1)]
+        outputs = {
+            "embedding": keras.layers.Concatenate(name="backbone_features")(bottleneck),
+            "skip_s4": _resized(maps[1], 2 * cells, "backbone_skip_s4_resize"),
+            "skip_s2": _resized(maps[0], 4 * cells, "backbone_skip_s2_resize"),
+        }
+        return keras.Model(l, outputs, name="model2_backbone")
+    x = _gray_rgb(l, spec.size)
     if fusion == "global":
         return keras.Model(l, classifier(x), name="model2_backbone")
     features = keras.Model(
         classifier.inputs, [classifier.get_layer(name).output for name in spec.spatial_layers],
         name=f"{backbone}_features",
     )
-    cells = int(image_size) // 8
-    maps = [
-        keras.layers.Resizing(cells, cells, name=f"backbone_features{i}_resize")(feature_map)
-        for i, feature_map in enumerate(features(x), start=1)
-    ]
+    maps = [_resized(m, cells, f"backbone_features{i}_resize") for i, m in enumerate(features(x), start=1)]
     return keras.Model(l, keras.layers.Concatenate(name="backbone_features")(maps), name="model2_backbone")
+
+
+def _feature_shapes(backbone_model: keras.Model) -> dict[str, tuple[int, ...]]:
+    """What the backbone gives, by the head's input name: {"embedding": shape} or U-Net fusion's three maps."""
+    out = backbone_model.output
+    if isinstance(out, dict):
+        return {name: tuple(t.shape[1:]) for name, t in out.items()}
+    return {"embedding": tuple(out.shape[1:])}
+
+
+def _head_inputs(l, backbone_output) -> dict:
+    return {"l": l, **backbone_output} if isinstance(backbone_output, dict) else {"l": l, "embedding": backbone_output}
 
 
 def _build_head(
     image_size: int, width: float, head: str = "regression", temperature: float = TEMPERATURE,
-    features: tuple[int, ...] = (EMBEDDING_SIZE,),
+    features: dict[str, tuple[int, ...]] | tuple[int, ...] = (EMBEDDING_SIZE,),
 ) -> keras.Model:
-    """{"l": L, "embedding": what the backbone gives} -> ab/128: every trainable layer of Model 2.
+    """{"l": L, "embedding": what the backbone gives[, "skip_s4", "skip_s2"]} -> ab/128: every trainable layer of
+    Model 2.
 
-    `features` is the backbone output's shape: (1000,) probabilities are repeated over the S/8 x S/8 grid (the
-    report's fusion); a (S/8, S/8, C) feature map is concatenated as it is.
+    `features` is the backbone output's shape (or shapes by name): (1000,) probabilities are repeated over the
+    S/8 x S/8 grid (the report's fusion); a (S/8, S/8, C) feature map is concatenated as it is; U-Net fusion's
+    skip maps are concatenated after the first and second upsampling.
     """
+    shapes = dict(features) if isinstance(features, dict) else {"embedding": tuple(features)}
     l = _l_input(image_size)
-    embedding = keras.Input(shape=tuple(features), name="embedding", dtype="float32")
+    inputs = {"l": l, **{name: keras.Input(shape=shape, name=name, dtype="float32") for name, shape in shapes.items()}}
+    embedding = inputs["embedding"]
     x = l
     for i, (filters, kernel, strides) in enumerate(_MODEL2_ENCODER, start=1):
         x = _conv(filters, width, f"encoder_conv{i}", kernel, strides)(x)
     cells = int(image_size) // 8
-    if len(features) == 1:
+    if len(shapes["embedding"]) == 1:
         fused = keras.layers.RepeatVector(cells * cells, name="fusion_repeat")(embedding)
-        fused = keras.layers.Reshape((cells, cells, features[0]), name="fusion_reshape")(fused)
+        fused = keras.layers.Reshape((cells, cells, shapes["embedding"][0]), name="fusion_reshape")(fused)
     else:
         fused = embedding
     x = keras.layers.Concatenate(name="fusion_concat")([x, fused])
     x = _conv(256, width, "fusion_conv", kernel=1)(x)
     x = _conv(256, width, "decoder_conv1")(x)
     x = keras.layers.UpSampling2D(2, name="decoder_up1")(x)
+    if "skip_s4" in inputs:
+        x = keras.layers.Concatenate(name="skip_s4_concat")([x, inputs["skip_s4"]])
     x = _conv(128, width, "decoder_conv2")(x)
     x = keras.layers.UpSampling2D(2, name="decoder_up2")(x)
+    if "skip_s2" in inputs:
+        x = keras.layers.Concatenate(name="skip_s2_concat")([x, inputs["skip_s2"]])
     x = _conv(32, width, "decoder_conv3")(x)
     x = _conv(16, width, "decoder_conv4")(x)
-    return keras.Model({"l": l, "embedding": embedding}, _ab_output(x, head, temperature), name="model2_head")
+    return keras.Model(inputs, _ab_output(x, head, temperature), name="model2_head")
 
 
 def build_model2_parts(
@@ -372,7 +436,8 @@ def build_model2_parts(
     `weights`: as resolve_backbone_weights takes it: "none" or None (random
     backbone: not the report's model, a warning is logged), "imagenet" (the
     Keras cache, fetched when missing) or a .h5 path. `fusion`: global (the
-    report's class probabilities) or spatial (feature maps; see _build_backbone).
+    report's class probabilities), spatial (feature maps at the bottleneck) or
+    unet (feature maps at every decoder scale); see _build_backbone.
     """
     _check_size_and_width(image_size, width)
     _check_choice("backbone", backbone, BACKBONES)
@@ -384,9 +449,9 @@ def build_model2_parts(
             "so this is not the report's Model 2.", backbone,
         )
     backbone_model = _build_backbone(image_size, backbone, weights, fusion)
-    head_model = _build_head(image_size, width, head, temperature, tuple(backbone_model.output.shape[1:]))
+    head_model = _build_head(image_size, width, head, temperature, _feature_shapes(backbone_model))
     l = _l_input(image_size)
-    ab = head_model({"l": l, "embedding": backbone_model(l)})
+    ab = head_model(_head_inputs(l, backbone_model(l)))
     return Model2Parts(keras.Model(l, ab, name="model2"), backbone_model, head_model)
 
 
@@ -455,10 +520,10 @@ def logits_model(model: keras.Model) -> keras.Model:
         raise ValueError(f"Model {model.name} has the regression head; build it with head='classification'.")
     head_logits = logits_model(heads[0])
     backbones = [layer for layer in nested if layer is not heads[0]]
-    if len(backbones) != 1 or len(model.inputs) != 1 or len(head_logits.inputs) != 2:
+    if len(backbones) != 1 or len(model.inputs) != 1 or len(head_logits.inputs) < 2:
         raise ValueError(f"Cannot find the logits of model {model.name}; build it with components.models.build_model.")
     l = model.inputs[0]
-    return keras.Model(l, head_logits({"l": l, "embedding": backbones[0](l)}), name=f"{model.name}_logits")
+    return keras.Model(l, head_logits(_head_inputs(l, backbones[0](l))), name=f"{model.name}_logits")
 
 
 @keras.saving.register_keras_serializable(package="colorization")

@@ -352,23 +352,48 @@ def test_spatial_fusion_feeds_feature_maps_keeps_the_backbone_frozen_and_saves(t
     features = keras.ops.convert_to_numpy(backbone(l))
     assert features.shape == (2, 8, 8, 576 + 1280)  # block_13_expand_relu and out_relu on the 8 x 8 bottleneck grid
     assert features.std(axis=(1, 2)).max() > 0  # a map, not one vector repeated
-    frozen = [w.copy() for w in backbone.get_weights()]
-    assert models.trainable_parameters(end_to_end) == models.trainable_parameters(head)
+    _trains_the_head_only_and_saves(models.Model2Parts(end_to_end, backbone, head), l, str(tmp_path / "s.keras"))
+    with pytest.raises(ValueError, match="Unknown fusion 'local'"):
+        models.build_model2_parts(64, backbone="mobilenet_v2", fusion="local")
 
-    fitted = models.compile_model(end_to_end, head="classification", learning_rate=1e-2,
-                                  prior=_uniform_prior())
+
+def test_unet_fusion_feeds_the_decoder_at_every_scale_from_the_loaded_weights(tmp_path):
+    saved = keras.applications.MobileNetV2(weights=None)
+    weights = str(tmp_path / "mobilenet.weights.h5")
+    saved.save_weights(weights)
+    end_to_end, backbone, head = models.build_model2_parts(
+        64, width=0.25, backbone="mobilenet_v2", weights=weights, head="classification", fusion="unet")
+    extractor = _classifier(backbone)
+    assert extractor.input_shape == (None, 128, 128, 3)  # twice the crop's side, not 224
+    for name in ("Conv1", "block_6_expand", "Conv_1"):
+        for got, expected in zip(extractor.get_layer(name).get_weights(), saved.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(got, expected)
+    l = _l(64)
+    maps = {name: keras.ops.convert_to_numpy(t) for name, t in backbone(l).items()}
+    assert {name: m.shape for name, m in maps.items()} == {
+        "embedding": (2, 8, 8, 576 + 1280), "skip_s4": (2, 16, 16, 192), "skip_s2": (2, 32, 32, 144)}
+    assert all(m.std(axis=(1, 2)).max() > 0 for m in maps.values())
+    _trains_the_head_only_and_saves(models.Model2Parts(end_to_end, backbone, head), l, str(tmp_path / "u.keras"))
+
+
+def _trains_the_head_only_and_saves(parts: models.Model2Parts, l: np.ndarray, path: str) -> None:
+    """A classification Model 2 trains every head weight and no backbone weight, and its .keras file reloads to
+    the same colours and trains again."""
+    end_to_end, backbone, head = parts
+    assert models.trainable_parameters(end_to_end) == models.trainable_parameters(head)
+    frozen = [w.copy() for w in backbone.get_weights()]
+    fitted = models.compile_model(end_to_end, head="classification", learning_rate=1e-2, prior=_uniform_prior())
+    assert fitted.output_shape == (None, l.shape[1] // 2, l.shape[2] // 2, len(models.centres_of(end_to_end)))
     before = keras.ops.convert_to_numpy(end_to_end(l))
-    fitted.train_on_batch(l, np.random.default_rng(1).uniform(-0.3, 0.3, (2, 64, 64, 2)).astype(np.float32))
+    fitted.train_on_batch(l, np.random.default_rng(1).uniform(-0.3, 0.3, (*l.shape[:3], 2)).astype(np.float32))
     after = keras.ops.convert_to_numpy(end_to_end(l))
     assert np.abs(after - before).max() > 1e-4
     for old, new in zip(frozen, backbone.get_weights()):
         np.testing.assert_array_equal(old, new)
-
-    path = str(tmp_path / "spatial.keras")
     end_to_end.save(path)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(keras.models.load_model(path)(l)), after, atol=1e-6)
-    with pytest.raises(ValueError, match="Unknown fusion 'local'"):
-        models.build_model2_parts(64, backbone="mobilenet_v2", fusion="local")
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(l)), after, atol=1e-6)
+    models.logits_model(loaded)  # a loaded model trains too
 
 
 def _uniform_prior():

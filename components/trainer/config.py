@@ -20,6 +20,8 @@ KEEPS = ("best", "last")
 LR_DECAYS = ("none", "budget")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 DISTRIBUTIONS = ("auto", "none", "mirrored", "multi_worker")
+DEFAULT_PATIENCE = 5
+"""EarlyStopping's patience in epochs on val_loss unless --patience says otherwise (none under --lr_decay budget)."""
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 """CPU flags for native bfloat16 arithmetic. Without them oneDNN emulates bf16: Model 1 at 224, batch 8, on a
 2-core AVX-512 Xeon without these flags took about 18 CPU-seconds per step in mixed_bfloat16 against 6.3 in float32."""
@@ -79,8 +81,9 @@ class TrainConfig:
         None, "model2's frozen ImageNet classifier; overrides the hyperparameters file", choices=hparams_lib.BACKBONES
     )
     fusion: Optional[str] = setting(
-        None, "what model2 fuses: global (the classifier's 1000 class probabilities, the report's) or spatial (two "
-        "of its feature maps, resized to the bottleneck); overrides the hyperparameters file",
+        None, "what model2 fuses: global (the classifier's 1000 class probabilities, the report's), spatial (two "
+        "of its feature maps, resized to the bottleneck) or unet (four of them, at twice the crop's side, joining "
+        "the decoder at every scale); overrides the hyperparameters file",
         choices=hparams_lib.FUSIONS,
     )
     temperature: float = setting(
@@ -108,7 +111,11 @@ class TrainConfig:
         choices=DISTRIBUTIONS,
     )
     reduce_lr: bool = setting(False, "halve the learning rate when val_loss plateaus")
-    patience: int = setting(5, "EarlyStopping patience in epochs on val_loss")
+    patience: Optional[int] = setting(
+        None, f"EarlyStopping patience in epochs on val_loss; none: {DEFAULT_PATIENCE}, or no early stopping with "
+        "--lr_decay budget (its schedule runs the whole budget down to a zero rate; stopping it early keeps a "
+        "half-decayed model)"
+    )
     backbone_weights: str = setting(
         "imagenet", "model2's backbone: imagenet (the Keras cache, downloaded through Keras when missing) | "
         "a .h5 path | none (a random backbone)"
@@ -120,6 +127,13 @@ class TrainConfig:
     seed: Optional[int] = setting(None, "random seed for weights, shuffling and crops")
     verbose: Optional[int] = setting(None, "Keras fit verbosity; none: a progress bar on a terminal, else one line "
                                         "per epoch")
+
+    def early_stopping_patience(self) -> int | None:
+        """EarlyStopping's patience, None for none: --patience when given, else DEFAULT_PATIENCE, except under
+        --lr_decay budget, whose rate only reaches zero at the end of the budget."""
+        if self.patience is not None:
+            return self.patience
+        return None if self.lr_decay == "budget" else DEFAULT_PATIENCE
 
     def hparams_overrides(self) -> dict[str, Any]:
         """The hyperparameters this run pins, in components.hparams' names (family from `model`)."""
@@ -139,7 +153,7 @@ class TrainConfig:
             )
         if self.epochs < 1:
             raise TrainError(f"{prefix}epochs must be at least 1, got {self.epochs}.")
-        if self.patience < 0:
+        if self.patience is not None and self.patience < 0:
             raise TrainError(f"{prefix}patience must be at least 0, got {self.patience}.")
         for name in ("steps_per_epoch", "validation_steps", "batch_size"):
             value = getattr(self, name)
