@@ -117,7 +117,7 @@ def test_report_presets_carry_the_reports_settings():
     assert (one.train.image_size, one.train.batch_size, one.train.epochs, one.train.model) == (224, 48, 50, "model1")
     assert (one.train.loss, one.train.learning_rate, one.train.width) == ("mse", 1e-3, 1.0)
     assert (one.data.stored_size, one.data.min_side, one.data.limit) == (250, 250, 1920)
-    assert not one.tune.enabled and one.train.steps_per_epoch is None and one.train.patience > 0
+    assert not one.tune.enabled and one.train.steps_per_epoch is None and one.train.early_stopping_patience() == 5
     two, _, _ = cfg.parse_args(["--preset", "report-model2", "--data_dir", "lfw=/d/lfw", "--data_dir",
                                 "flickr8k=/d/flickr", "--tune"])
     assert two.train.model == "model2" and two.train.backbone_weights == "imagenet" and two.tune.enabled

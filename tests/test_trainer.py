@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import glob
 import json
 import os
@@ -489,3 +490,12 @@ def test_budget_decay_lowers_the_learning_rate_linearly_over_the_time_budget(mon
     assert budget.stopped_after == 4 and model.stop_training
     with pytest.raises(trainer.TrainError, match="set --max_minutes too"):
         trainer.TrainConfig("unused", "unused", lr_decay="budget").validate()
+
+
+def test_budget_decay_runs_the_whole_budget_unless_patience_is_given():
+    decaying = trainer.TrainConfig("unused", "unused", max_minutes=30.0, lr_decay="budget")
+    assert decaying.early_stopping_patience() is None  # EarlyStopping would keep a half-decayed model
+    assert dataclasses.replace(decaying, patience=3).early_stopping_patience() == 3
+    assert trainer.TrainConfig("unused", "unused", max_minutes=30.0).early_stopping_patience() == 5
+    with pytest.raises(trainer.TrainError, match="patience must be at least 0"):
+        trainer.TrainConfig("unused", "unused", patience=-1).validate()

@@ -27,8 +27,8 @@ from components.trainer.callbacks import (
     _EvalImages, _KeptCheckpoint, _NaNStop, _ResumableEarlyStopping, _Throughput, _TimeBudget,
 )
 from components.trainer.config import (
-    BACKUP_DIR, BEST_CHECKPOINT, CSV_LOG, EVAL_IMAGES, IMAGES_RUN, MODEL_FILE, RANDOM_BACKBONE_WARNING, SUMMARY_FILE,
-    TENSORBOARD_DIR, TrainConfig, TrainError, TrainingDiverged, TrainResult,
+    BACKUP_DIR, BEST_CHECKPOINT, CSV_LOG, DEFAULT_PATIENCE, EVAL_IMAGES, IMAGES_RUN, MODEL_FILE,
+    RANDOM_BACKBONE_WARNING, SUMMARY_FILE, TENSORBOARD_DIR, TrainConfig, TrainError, TrainingDiverged, TrainResult,
 )
 from components.trainer.precision import _global_policy, _strategy_name, _worker, choose_precision, choose_strategy
 from components.trainer.resume import _best, _read_log, _resume_epoch, _trim_log
@@ -198,8 +198,8 @@ def train(config: TrainConfig) -> TrainResult:
     if config.embeddings and hp["family"] != "model2":
         raise TrainError("--embeddings trains Model 2's head on precomputed embeddings; add --model model2.")
     if config.embeddings and hp["fusion"] != "global":
-        raise TrainError("--embeddings holds the records' global class probabilities, which spatial fusion does not "
-                         "use; leave out --embeddings or train with --fusion global.")
+        raise TrainError(f"--embeddings holds the records' global class probabilities, which {hp['fusion']} fusion "
+                         "does not use; leave out --embeddings or train with --fusion global.")
     if config.embeddings:
         _check_embeddings(config.examples)
     policy, policy_reason = choose_precision(config.precision)
@@ -256,22 +256,23 @@ def train(config: TrainConfig) -> TrainResult:
             nan_stop, throughput = _NaNStop(), _Throughput(global_batch)
             budget = None if config.max_minutes is None else _TimeBudget(
                 config.max_minutes, strategy, decay=config.lr_decay == "budget")
+            patience = config.early_stopping_patience()
+            early_stopping = [] if patience is None else [_ResumableEarlyStopping(
+                monitor="val_loss", patience=patience, restore_best_weights=config.keep == "best",
+                resume_best=resume_best, resume_wait=0 if resume_best is None else initial_epoch - 1 - resume_best_epoch,
+            )]
             callbacks = [
                 nan_stop,
                 throughput,
                 _KeptCheckpoint(mine.checkpoint, end_to_end, config.keep, initial_value_threshold=resume_best),
-                _ResumableEarlyStopping(
-                    monitor="val_loss", patience=config.patience, restore_best_weights=config.keep == "best",
-                    resume_best=resume_best,
-                    resume_wait=0 if resume_best is None else initial_epoch - 1 - resume_best_epoch,
-                ),
+                *early_stopping,
                 keras.callbacks.TensorBoard(mine.tensorboard, write_graph=False, update_freq="epoch"),
                 _EvalImages(posixpath.join(mine.tensorboard, IMAGES_RUN), eval_batch, end_to_end),
                 keras.callbacks.CSVLogger(mine.csv, append=True),
             ]
             if config.reduce_lr:
                 callbacks.append(keras.callbacks.ReduceLROnPlateau(
-                    monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2), min_lr=1e-6, verbose=1
+                    monitor="val_loss", factor=0.5, patience=max(1, (patience or DEFAULT_PATIENCE) // 2), min_lr=1e-6, verbose=1
                 ))
             if budget is not None:
                 callbacks.append(budget)
@@ -302,6 +303,7 @@ def train(config: TrainConfig) -> TrainResult:
             "prior_fingerprint": None if prior is None else prior.fingerprint,
             "max_minutes": config.max_minutes,
             "stopped_by_time_budget": budget is not None and budget.stopped_after is not None,
+            "early_stopping_patience": config.early_stopping_patience(),
             "image_size": config.image_size,
             "precision": {"policy": policy, "reason": policy_reason},
             "strategy": {"name": _strategy_name(strategy), "replicas": replicas, "global_batch_size": global_batch},
