@@ -55,6 +55,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from components import settings
 from components.hparams import BACKBONES
 from components.settings import artifact, setting
+from components.tfrecord_sink import CorruptRecordError, read_tfrecord_file
 from schemas.artifacts import AB_HISTOGRAM_FILE, EXAMPLES_DIR, SCHEMA_FILE, STATISTICS_FILE
 
 EMBEDDINGS_FILE = "embeddings.json"
@@ -303,26 +304,26 @@ def _split_files(examples_dir: str) -> dict[str, list[str]]:
 
 
 def count_records(files: Sequence[str]) -> int:
-    """Records in TFRecord files (GZIP for .gz), read with tf.data as the loader reads them."""
-    import tensorflow as tf
-
-    total = 0
-    for path in files:
-        ds = tf.data.TFRecordDataset(path, compression_type="GZIP" if path.endswith(".gz") else "")
-        total += int(ds.reduce(np.int64(0), lambda n, _: n + 1))
-    return total
+    """Records in TFRecord files (GZIP for .gz), each checked against its CRCs; a damaged file is one sentence
+    (EmbeddingsError) naming it."""
+    try:
+        return sum(1 for path in files for _ in read_tfrecord_file(path))
+    except CorruptRecordError as e:
+        raise EmbeddingsError(str(e)) from None
 
 
 def check_schema_version(files: dict[str, list[str]]) -> None:
     """Refuse records of another schema version (one sentence, from schemas) by each split's first record."""
-    import tensorflow as tf
-
     import schemas
 
     for paths in files.values():
         path = paths[0]
-        for record in tf.data.TFRecordDataset(path, compression_type="GZIP" if path.endswith(".gz") else "").take(1):
-            version = schemas.record_schema_version(record.numpy())
+        try:
+            first = next(iter(read_tfrecord_file(path)), None)
+        except CorruptRecordError as e:
+            raise EmbeddingsError(str(e)) from None
+        if first is not None:
+            version = schemas.record_schema_version(first[1])
             if version is not None and version != schemas.SCHEMA_VERSION:
                 raise EmbeddingsError(schemas.old_records_error(os.path.dirname(path), version))
 

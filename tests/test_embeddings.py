@@ -155,3 +155,19 @@ def test_schema_version_1_records_are_refused_with_one_sentence(tmp_path, capsys
     err = capsys.readouterr().err
     assert schemas.old_records_error(train, 1) in err and "Traceback" not in err
     assert not (tmp_path / "out" / "examples").exists()
+
+
+def test_a_damaged_record_file_is_one_sentence_naming_it(ingest_config, ingested, tmp_path, capsys):
+    import shutil
+
+    examples = tmp_path / "damaged"
+    shutil.copytree(ingest_config.output_dir, examples)
+    path = sorted((examples / "examples" / "eval").glob("*.tfrecord"))[-1]
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 1  # the last record's CRC
+    path.write_bytes(bytes(data))
+    assert embeddings.run(_argv(str(examples), str(tmp_path / "out"), "--allow_random_backbone")) == 2
+    err = capsys.readouterr().err
+    assert f"{path} is not a valid TFRecord file: a record of" in err and "does not match its CRC" in err
+    assert "Traceback" not in err and "DataLoss" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out" / "examples").exists()
