@@ -13,7 +13,7 @@ historical photos colorized at their own resolution (no truth).
         --configs model1:regression model1:classification --output_dir bench_out/quality_lfw
 
 A configuration is FAMILY:HEAD[:FUSION] (model1 or model2; regression or
-classification; for model2 global, the report's, or spatial); Model 2 uses
+classification; for model2 global, the report's, spatial or unet); Model 2 uses
 the MobileNetV2 backbone with the weights given. Every configuration trains
 with the same seed, crop size, batch size and learning rate; EarlyStopping
 is off (the budget decides), the learning rate decays linearly to zero over
@@ -38,7 +38,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from benchmarks.measure import machine_info, print_table  # noqa: E402
 
 DEFAULT_CONFIGS = ("model1:regression", "model1:classification", "model2:regression", "model2:classification",
-                   "model2:classification:spatial")
+                   "model2:classification:spatial", "model2:classification:unet")
 TILE = 160  # side of one picture cell
 TEST_IMAGES, HISTORICAL_IMAGES = 8, 4
 

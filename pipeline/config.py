@@ -39,9 +39,9 @@ Presets:
   images; here the same 1,920 are split 80/10/10 train/eval/test and the
   test split is what the evaluator measures.
 - `colorful`: the classification head (components.colorbins) on your own
-  photos (`--data_dir`): Model 1, 64x64 crops, 30 minutes of training on 2
-  CPU cores, no tuning; see README's colour section for what it reaches on
-  flickr8k and LFW.
+  photos (`--data_dir`): Model 2 with U-Net fusion of MobileNetV2, prior
+  lambda 0.6, T 0.15, 64x64 crops, 30 minutes of training on 2 CPU cores, no
+  tuning; see README's colour section for what it reaches on flickr8k and LFW.
 - `report-model2`: the same with the fusion Model 2 (frozen
   InceptionResNetV2, ImageNet weights from the Keras cache, fetched when
   missing) on LFW plus
@@ -249,15 +249,18 @@ def _report(model: str) -> PipelineConfig:
 
 def _colorful() -> PipelineConfig:
     """Colourful, plausible colour on your photos in about half an hour on 2 CPU cores: Model 2 with MobileNetV2's
-    feature maps fused (spatial fusion; the ImageNet weights come through Keras) and the class-rebalanced
-    classification head on 64x64 crops, a 30-minute training budget with the learning rate decaying to zero over
-    it, the last epoch kept, no tuning."""
+    feature maps feeding the decoder at every scale (U-Net fusion; the ImageNet weights come through Keras) and the
+    class-rebalanced classification head (prior lambda 0.6, annealed mean at T = 0.15) on 64x64 crops, a 30-minute
+    training budget with the learning rate decaying to zero over it, the last epoch kept, no tuning: on flickr8k
+    86% of the truth's colourfulness at 0.96 dB below gray's PSNR."""
     config = PipelineConfig()
     config.data.stored_size, config.data.min_side = 80, 64
+    config.statistics.rebalance_lambda = 0.6
     config.tune.enabled = False
     t = config.train
     t.model, t.backbone, t.fusion, t.head, t.width, t.image_size, t.batch_size, t.learning_rate = (
-        "model2", "mobilenet_v2", "spatial", "classification", 1.0, 64, 16, 1e-3)
+        "model2", "mobilenet_v2", "unet", "classification", 1.0, 64, 16, 1e-3)
+    t.temperature = 0.15
     t.epochs, t.steps_per_epoch, t.validation_steps, t.max_minutes, t.patience, t.seed = 10_000, 50, 16, 30.0, 10_000, 0
     t.lr_decay, t.keep = "budget", "last"
     return config

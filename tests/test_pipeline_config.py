@@ -188,9 +188,10 @@ def test_the_colorful_preset_trains_the_classification_head_for_a_time_budget():
     config, _, _ = cfg.parse_args(["--preset", "colorful", "--data_dir", "mine=/photos"])
     t = config.train
     assert (t.head, t.model, t.backbone, t.fusion, t.image_size) == (
-        "classification", "model2", "mobilenet_v2", "spatial", 64)
+        "classification", "model2", "mobilenet_v2", "unet", 64)
     assert (t.max_minutes, t.lr_decay, t.keep) == (30, "budget", "last") and not config.tune.enabled
-    assert t.hparams_overrides() | {"fusion": "spatial", "head": "classification"} == t.hparams_overrides()
+    assert (config.statistics.rebalance_lambda, t.temperature) == (0.6, 0.15)
+    assert t.hparams_overrides() | {"fusion": "unet", "head": "classification"} == t.hparams_overrides()
     t.validate("train.")
     with pytest.raises(ConfigError) as e:
         cfg.parse_args(["--set", "train.head=mixture"])
