@@ -14,7 +14,7 @@ the decoder at every scale (strides 16 and 32 at the bottleneck, 8 and 4 after
 each upsampling), that U-Net itself.
 
 Because the backbone is frozen, `build_model2_parts` also splits Model 2
-into a `backbone` (L -> embedding) and a `head` ({"l", "embedding"} -> ab)
+into a `backbone` (L -> embedding; U-Net fusion adds two skip maps) and a `head` ({"l", "embedding"[, skips]} -> ab)
 that shares every trainable layer with the end-to-end model: training the
 head on precomputed embeddings trains the end-to-end model.
 

@@ -346,13 +346,13 @@ def test_mixed_precision_classification_model_trains_in_float32_logits(mixed_bfl
 
 
 def test_spatial_fusion_feeds_feature_maps_keeps_the_backbone_frozen_and_saves(tmp_path):
-    end_to_end, backbone, head = models.build_model2_parts(
+    parts = models.build_model2_parts(
         64, width=0.25, backbone="mobilenet_v2", head="classification", fusion="spatial")
     l = _l(64)
-    features = keras.ops.convert_to_numpy(backbone(l))
+    features = keras.ops.convert_to_numpy(parts.backbone(l))
     assert features.shape == (2, 8, 8, 576 + 1280)  # block_13_expand_relu and out_relu on the 8 x 8 bottleneck grid
     assert features.std(axis=(1, 2)).max() > 0  # a map, not one vector repeated
-    _trains_the_head_only_and_saves(models.Model2Parts(end_to_end, backbone, head), l, str(tmp_path / "s.keras"))
+    _trains_the_head_only_and_saves(parts, l, str(tmp_path / "s.keras"))
     with pytest.raises(ValueError, match="Unknown fusion 'local'"):
         models.build_model2_parts(64, backbone="mobilenet_v2", fusion="local")
 
@@ -361,19 +361,19 @@ def test_unet_fusion_feeds_the_decoder_at_every_scale_from_the_loaded_weights(tm
     saved = keras.applications.MobileNetV2(weights=None)
     weights = str(tmp_path / "mobilenet.weights.h5")
     saved.save_weights(weights)
-    end_to_end, backbone, head = models.build_model2_parts(
+    parts = models.build_model2_parts(
         64, width=0.25, backbone="mobilenet_v2", weights=weights, head="classification", fusion="unet")
-    extractor = _classifier(backbone)
+    extractor = _classifier(parts.backbone)
     assert extractor.input_shape == (None, 128, 128, 3)  # twice the crop's side, not 224
     for name in ("Conv1", "block_6_expand", "Conv_1"):
         for got, expected in zip(extractor.get_layer(name).get_weights(), saved.get_layer(name).get_weights()):
             np.testing.assert_array_equal(got, expected)
     l = _l(64)
-    maps = {name: keras.ops.convert_to_numpy(t) for name, t in backbone(l).items()}
+    maps = {name: keras.ops.convert_to_numpy(t) for name, t in parts.backbone(l).items()}
     assert {name: m.shape for name, m in maps.items()} == {
         "embedding": (2, 8, 8, 576 + 1280), "skip_s4": (2, 16, 16, 192), "skip_s2": (2, 32, 32, 144)}
     assert all(m.std(axis=(1, 2)).max() > 0 for m in maps.values())
-    _trains_the_head_only_and_saves(models.Model2Parts(end_to_end, backbone, head), l, str(tmp_path / "u.keras"))
+    _trains_the_head_only_and_saves(parts, l, str(tmp_path / "u.keras"))
 
 
 def _trains_the_head_only_and_saves(parts: models.Model2Parts, l: np.ndarray, path: str) -> None:
