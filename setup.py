@@ -29,6 +29,7 @@ setup(
         "protobuf>=4.25,<5",
         "numpy>=1.26,<2",
         "pillow>=10.4",
+        "numba>=0.60",  # ingest's compiled per-pixel pass (components/kernels.py)
         "isal>=1.7",
         "google-crc32c>=1.5",
         "pyyaml>=6",

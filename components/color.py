@@ -151,8 +151,26 @@ def colorfulness(rgb: np.ndarray) -> float:
     0 for a gray image; about 15 'slightly colourful', 33 'moderately', 59
     'quite', 82 'highly colourful'.
     """
-    (rg_values, rg_counts), (yb_values, yb_counts) = _opponent_histograms(rgb)
+    x = np.asarray(rgb)
+    if x.dtype == np.uint8 and x.ndim >= 1 and x.shape[-1] == 3:
+        return _colorfulness_uint8(x)
+    (rg_values, rg_counts), (yb_values, yb_counts) = _opponent_histograms(x)
     return _hasler_suesstrunk(rg_values, rg_counts, yb_values, yb_counts)
+
+
+def _colorfulness_uint8(rgb: np.ndarray) -> float:
+    """colorfulness of uint8 pixels [..., 3] from the opponent channels' integer sums, one compiled pass
+    (ingest's grayscale check runs it on every image): exact up to the final square roots."""
+    from components import kernels
+
+    if rgb.ndim != 3:
+        rgb = rgb.reshape(-1, 1, 3) if rgb.ndim < 3 else rgb.reshape((-1,) + rgb.shape[-2:])
+    n, rg, rg2, yb2x, yb2x2 = (int(v) for v in kernels.opponent_sums(rgb))  # yb2x = 2 yb = R + G - 2 B
+    if n == 0:
+        raise ValueError("colourfulness of an image without pixels is undefined")
+    rg_std = (n * rg2 - rg * rg) ** 0.5 / n  # exact integer variances: no cancellation for flat colours
+    yb_std = (n * yb2x2 - yb2x * yb2x) ** 0.5 / (2 * n)
+    return float(np.hypot(rg_std, yb_std) + 0.3 * np.hypot(rg / n, yb2x / (2 * n)))
 
 
 def colorfulness_abs(rgb: np.ndarray) -> float:
@@ -174,12 +192,14 @@ def _opponent_histograms(rgb: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray]
     follow are exact. Other dtypes give each pixel's own value with count 1.
     """
     x = np.asarray(rgb)
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    if x.ndim == 0 or x.shape[-1] != 3:
+        raise ValueError(f"colourfulness needs RGB pixels [..., 3], got an array of shape {x.shape}")
     if x.dtype != np.uint8:
         x = x.astype(np.float64)
         r, g, b = x[..., 0], x[..., 1], x[..., 2]
         ones = np.ones(r.size)
         return ((r - g).ravel(), ones), ((0.5 * (r + g) - b).ravel(), ones)
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
     rg = np.subtract(r, g, dtype=np.int16)
     rg += 255
     yb = np.add(r, g, dtype=np.int16)
@@ -244,6 +264,7 @@ class LabTable:
 
     def __init__(self, cache_dir: str | None = None):
         import os
+        import threading
 
         from schemas import AB_OFFSET, L_SCALE, SCHEMA_VERSION
 
@@ -268,24 +289,63 @@ class LabTable:
             except OSError:
                 pass  # an unwritable cache only costs the rebuild next time
         self._table = np.ascontiguousarray(table)
+        self._local = threading.local()
 
     def packed(self, rgb: np.ndarray) -> np.ndarray:
         """uint8 RGB [..., 3] -> uint32 [...]: L | a << 8 | b << 16 (codes)."""
-        from PIL import Image
-
         rgb = np.asarray(rgb, dtype=np.uint8)
-        words = _rgbx_words(rgb)
-        if words is None:
-            image = rgb if rgb.ndim == 3 else rgb.reshape(-1, 1, 3)
-            words = np.asarray(Image.fromarray(np.ascontiguousarray(image), "RGB").convert("RGBX")).view("<u4")[..., 0]
+        words = _words(rgb)
         index = np.empty(words.shape, np.intp)  # the index type take wants: one pass, no converted copy
         np.bitwise_and(words, 0xFFFFFF, out=index, casting="unsafe")
         return self._table.take(index).reshape(rgb.shape[:-1])
+
+    def encode(self, rgb: np.ndarray, out: np.ndarray, l_hist: np.ndarray, ab_hist: np.ndarray) -> memoryview:
+        """uint8 RGB [..., 3] -> its LAB codes as a record stores them (the bytes of schemas.encode_codes),
+        written into `out` (uint8, at least 3 bytes per pixel) and returned as a view of it; adds every
+        pixel's L code to `l_hist` [256] and its (a code, b code) to `ab_hist` [65536] at a + 256 b
+        (both int64, contiguous). One compiled pass (components.kernels): the same codes as `packed`, in
+        about a third of the time of `packed`, `unpacked_bytes` and counting the histograms in numpy.
+        """
+        from components import kernels
+
+        rgb = np.asarray(rgb, dtype=np.uint8)
+        words = _words(rgb).reshape(-1)
+        n = words.size
+        for name, array, size in (("out", out, 3 * n), ("l_hist", l_hist, 256), ("ab_hist", ab_hist, 1 << 16)):
+            dtype = np.uint8 if name == "out" else np.int64
+            if array.ndim != 1 or array.dtype != dtype or not array.flags.c_contiguous or not array.flags.writeable \
+                    or array.size < size or (name != "out" and array.size != size):
+                raise ValueError(f"LabTable.encode's {name} must be a writable contiguous 1-D {np.dtype(dtype)} array "
+                                 f"of {'at least ' if name == 'out' else ''}{size} elements, got {array.dtype} "
+                                 f"{array.shape}")
+        kernels.lab_codes(words, self._table, out, self._scratch(n), l_hist, ab_hist)
+        return memoryview(out)[: 3 * n]
+
+    def _scratch(self, n: int) -> np.ndarray:
+        """A uint32 [n] work buffer of the calling thread, kept between calls (a new one costs page faults)."""
+        buffer = getattr(self._local, "scratch", None)
+        if buffer is None or buffer.size < n:
+            buffer = self._local.scratch = np.empty(n, np.uint32)
+        return buffer[:n]
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """uint8 RGB [..., 3] -> uint8 LAB codes [..., 3]."""
         packed = self.packed(rgb)
         return unpack(packed.reshape(-1, 1) if packed.ndim != 2 else packed).reshape(*packed.shape, 3)
+
+
+def _words(rgb: np.ndarray) -> np.ndarray:
+    """uint8 RGB [..., 3] -> the 32-bit RGBX words of its pixels [...] (red in the low byte), read in place
+    where `rgb` is a view of an RGBX buffer (as decode.center_crop_resize returns), else converted by Pillow."""
+    from PIL import Image
+
+    if rgb.ndim == 0 or rgb.shape[-1] != 3:
+        raise ValueError(f"LAB codes need RGB pixels [..., 3], got an array of shape {rgb.shape}")
+    words = _rgbx_words(rgb)
+    if words is None:
+        image = rgb if rgb.ndim == 3 else rgb.reshape(-1, 1, 3)
+        words = np.asarray(Image.fromarray(np.ascontiguousarray(image), "RGB").convert("RGBX")).view("<u4")[..., 0]
+    return words.reshape(rgb.shape[:-1])
 
 
 def _rgbx_words(rgb: np.ndarray) -> np.ndarray | None:
@@ -297,6 +357,9 @@ def _rgbx_words(rgb: np.ndarray) -> np.ndarray | None:
     height, width, _ = rgb.shape
     if rgb.strides != (4 * width, 4, 1) or rgb.base.dtype != np.uint8 or not rgb.base.flags.c_contiguous:
         return None
+    base = rgb.base
+    if base.shape == (height, width, 4) and base.ctypes.data == rgb.ctypes.data:  # rgbx[..., :3] itself: no checks
+        return base.view("<u4")[..., 0]
     low, high = np.byte_bounds(rgb.base)
     start = rgb.__array_interface__["data"][0]
     if not low <= start <= high - 4 * height * width:  # the padding bytes are inside the same buffer

@@ -166,35 +166,12 @@ def split_for(source: str, relpath: str, splits: tuple) -> str:
 
 
 def histograms(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """L histogram (256 codes) and full-resolution ab histogram [a code, b code] of LabTable.packed codes."""
-    l_hist, (ab_hist,) = batch_histograms([packed], [0], 1)
-    return l_hist, ab_hist
-
-
-def batch_histograms(packed: list, splits: list, n_splits: int) -> tuple[np.ndarray, np.ndarray]:
-    """L histogram over all of `packed` (LabTable.packed codes of several images), and the ab histogram
-    [a code, b code] of each split: a [n_splits, 256, 256] array, image i counted in split `splits[i]`."""
-    l_hist = np.zeros(256, np.int64)
-    ab_flat = np.zeros((n_splits, 1 << 16), np.int64)
-    count_histograms(packed, splits, l_hist, ab_flat)
-    return l_hist, ab_flat.reshape(n_splits, 256, 256).transpose(0, 2, 1)  # index a + 256 b -> [a, b]
-
-
-def count_histograms(packed: list, splits: list, l_hist: np.ndarray, ab_flat: np.ndarray) -> None:
-    """Adds the L codes of `packed` (LabTable.packed codes of several images) to `l_hist` [256] and the ab
-    codes of image i to `ab_flat[splits[i]]`, indexed a code + 256 b code.
-
-    Image by image, the L codes and then the ab codes are written into one reused index buffer (the type
-    np.bincount counts without converting) and counted: the buffer stays in the core's cache, which
-    makes this faster than counting a whole batch at once.
-    """
-    index = np.empty(max((codes.size for codes in packed), default=0), np.intp)
-    for codes, split in zip(packed, splits):
-        flat, image_index = codes.reshape(-1), index[: codes.size]
-        np.bitwise_and(flat, 0xFF, out=image_index, casting="unsafe")
-        l_hist += np.bincount(image_index, minlength=256)
-        np.right_shift(flat, 8, out=image_index, casting="unsafe")
-        ab_flat[split] += np.bincount(image_index, minlength=1 << 16)
+    """L histogram (256 codes) and full-resolution ab histogram [a code, b code] of LabTable.packed codes:
+    what ingest counts per image (through LabTable.encode) and sums into the statistics."""
+    flat = np.asarray(packed, np.uint32).reshape(-1)
+    l_hist = np.bincount(flat & 0xFF, minlength=256)
+    ab_hist = np.bincount((flat >> 8) & 0xFFFF, minlength=1 << 16)  # index a + 256 b
+    return l_hist, ab_hist.reshape(256, 256).T
 
 
 def bin_ab(ab_hist: np.ndarray) -> np.ndarray:
@@ -274,10 +251,10 @@ class ToExamples(beam.DoFn):
     """A batch of (sha256, FileRef) -> (split, [serialized tf.train.Example, ...]) per split, or rejections.
 
     One call per batch of tens of images (beam.BatchElements in front): each
-    image is decoded and converted to LAB codes through the table, its
-    codes are counted into the bundle's L and ab histograms, and each
-    split's records leave as one element, so Beam's per-element cost is
-    paid per batch. A file that fails is rejected alone; the rest of its
+    image is decoded, and one compiled pass (LabTable.encode) looks its LAB
+    codes up in the table, writes them for the record and counts them into
+    the bundle's L and ab histograms; each split's records leave as one
+    element, so Beam's per-element cost is paid per batch. A file that fails is rejected alone; the rest of its
     batch is written. Statistics of the written images are pre-aggregated per bundle
     and emitted once per bundle on the 'stats' output: per-image histograms
     would move 0.5 MiB per image through the runner.
@@ -292,6 +269,8 @@ class ToExamples(beam.DoFn):
         self._lab = LabTable()
         self._statistics = IngestStatistics()
         self._split_names = [name for name, _ in self._config.splits]
+        self._split_index = {name: index for index, name in enumerate(self._split_names)}
+        self._codes = np.empty(self._config.stored_size**2 * 3, np.uint8)  # each image's record bytes, reused
         self._bundle_l = np.zeros(256, np.int64)
         self._bundle_ab = np.zeros((len(self._split_names), 1 << 16), np.int64)  # a code + 256 b code
 
@@ -352,22 +331,20 @@ class ToExamples(beam.DoFn):
         return decoded
 
     def process(self, batch):
-        from components.color import unpacked_bytes
         from schemas import serialize_example
 
         cfg = self._config
         records: dict[str, list] = {}
-        packed_codes, split_indices = [], []
         for sha256, ref in batch:
             decoded = self._crop(ref)
             if isinstance(decoded, beam.pvalue.TaggedOutput):
                 yield decoded
                 continue
             crop, colorfulness = decoded
-            packed = self._lab.packed(crop)
             split = split_for(ref.source, ref.relpath, cfg.splits)
+            codes = self._lab.encode(crop, self._codes, self._bundle_l, self._bundle_ab[self._split_index[split]])
             records.setdefault(split, []).append(serialize_example(
-                lab_codes=unpacked_bytes(packed),
+                lab_codes=codes,
                 height=cfg.stored_size,
                 width=cfg.stored_size,
                 source=ref.source,
@@ -375,13 +352,8 @@ class ToExamples(beam.DoFn):
                 sha256=sha256,
                 colorfulness=colorfulness,
             ))
-            packed_codes.append(packed)
-            split_indices.append(self._split_names.index(split))
+            self._bundle_written += 1
             self._statistics.add_input(self._bundle_stats, ("written", split, ref.source, colorfulness, None, None))
-        if not packed_codes:
-            return
-        count_histograms(packed_codes, split_indices, self._bundle_l, self._bundle_ab)
-        self._bundle_written += len(packed_codes)
         for split, split_records in records.items():
             Metrics.counter(_NAMESPACE, f"written_{split}").inc(len(split_records))
             yield split, split_records

@@ -60,22 +60,6 @@ def test_histograms_count_every_pixel_in_the_right_bin():
     assert binned.shape == (64, 64) and binned[148 // 4, 88 // 4] == 20
 
 
-def test_batch_histograms_count_every_pixel_of_each_image_in_its_split():
-    rng = np.random.default_rng(0)
-    packed = [rng.integers(0, 1 << 24, size=(h, w), dtype=np.uint32) for h, w in ((6, 7), (5, 5), (9, 4), (3, 8))]
-    packed[1][:] = packed[1][0, 0]  # one colour over a whole image: 25 pixels in one bin
-    splits = [2, 0, 2, 1]
-    l_hist, ab_hists = example_gen.batch_histograms(packed, splits, 3)
-    codes = np.concatenate([p.reshape(-1) for p in packed])
-    assert np.array_equal(l_hist, np.bincount(codes & 0xFF, minlength=256))
-    for split in range(3):
-        mine = np.concatenate([p.reshape(-1) for p, s in zip(packed, splits) if s == split])
-        expected = np.zeros((256, 256), np.int64)
-        np.add.at(expected, ((mine >> 8) & 0xFF, mine >> 16), 1)  # [a code, b code]
-        assert np.array_equal(ab_hists[split], expected), split
-    assert ab_hists[0].max() == 25 and int(ab_hists.sum()) == codes.size
-
-
 # ---------------------------------------------------------------- Beam transforms
 
 

@@ -88,6 +88,39 @@ def test_ingest_writes_the_tables_codes_in_the_stored_layout(lab_table):
     assert unpacked_bytes(packed) == encode_codes(lab_table(rgb)) == encode_codes(unpack(packed))
 
 
+def test_encode_writes_the_stored_codes_and_counts_them_in_one_pass(lab_table):
+    from components.color import unpacked_bytes
+    from components.decode import center_crop_resize
+    from components.example_gen import histograms
+
+    photo = _photo("coffee")[:60, :80]
+    in_place = center_crop_resize(Image.fromarray(photo), 48)  # a view of Pillow's RGBX bytes, as ingest has
+    one_colour = np.full((5, 7, 3), (200, 30, 90), np.uint8)
+    for rgb in (in_place, photo, photo[::2, ::3], one_colour):
+        packed = lab_table.packed(rgb)
+        out = np.full(rgb.shape[0] * rgb.shape[1] * 3 + 5, 9, np.uint8)
+        l_hist, ab_hist = np.full(256, 7, np.int64), np.zeros(1 << 16, np.int64)
+        codes = lab_table.encode(rgb, out, l_hist, ab_hist)
+        assert bytes(codes) == unpacked_bytes(packed) and out[-5:].tolist() == [9] * 5
+        expected_l, expected_ab = histograms(packed)
+        assert np.array_equal(l_hist - 7, expected_l)  # added to what was there
+        assert np.array_equal(ab_hist.reshape(256, 256).T, expected_ab) and ab_hist.sum() == packed.size
+    with pytest.raises(ValueError, match="out must be .* at least 6912 elements"):
+        lab_table.encode(in_place, np.empty(100, np.uint8), l_hist, ab_hist)
+    with pytest.raises(ValueError, match="ab_hist must be .* int64"):
+        lab_table.encode(in_place, np.empty(48 * 48 * 3, np.uint8), l_hist, np.zeros(1 << 16, np.int32))
+    with pytest.raises(ValueError, match=r"RGB pixels \[\.\.\., 3\]"):
+        lab_table.encode(photo[..., :2], np.empty(60 * 80 * 3, np.uint8), l_hist, ab_hist)
+
+
+def test_colorfulness_counts_uint8_pixels_of_any_layout_exactly():
+    rgb = np.random.default_rng(3).integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    for pixels in (rgb, rgb[::2, ::3], rgb[None], rgb.reshape(-1, 3), np.stack([rgb, rgb[::-1]])):
+        assert colorfulness(pixels) == pytest.approx(colorfulness(pixels.astype(np.float64)), rel=1e-12)
+    with pytest.raises(ValueError, match=r"RGB pixels \[\.\.\., 3\], got an array of shape \(40, 30, 2\)"):
+        colorfulness(rgb[..., :2])
+
+
 def test_the_models_l_and_ab_from_codes_equal_dequantising_bit_for_bit():
     from schemas import AB_SCALE, codes_to_l_ab
 

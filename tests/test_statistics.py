@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import SIZE
+import tensorflow as tf
+
+from tests.conftest import SIZE, read_records
 
 
 def test_ingest_counts_every_splits_pixels_by_ab_code(ingested, ingest_config):
@@ -23,6 +25,20 @@ def test_ingest_counts_every_splits_pixels_by_ab_code(ingested, ingest_config):
     total = sum(per_split.values())
     binned = np.asarray(ingested["ab_histogram"]["counts"])
     assert (total.reshape(64, 4, 64, 4).sum(axis=(1, 3)) == binned).all()  # the same pixels as statistics.json
+    # exactly the codes the records hold
+    from schemas import decode_codes, parse_examples
+
+    all_codes = []
+    for split, entry in ingested["splits"].items():
+        if entry["count"]:
+            parsed = parse_examples(tf.constant(read_records(ingest_config.output_dir, split)))
+            codes = np.stack([decode_codes(c, SIZE, SIZE).numpy() for c in parsed["image/lab_codes"]]).reshape(-1, 3)
+            expected = np.zeros((256, 256), np.int64)
+            np.add.at(expected, (codes[:, 1], codes[:, 2]), 1)
+            assert np.array_equal(per_split[split], expected), split
+            all_codes.append(codes[:, 0])
+    l_counts = np.bincount(np.concatenate(all_codes), minlength=256)
+    assert np.array_equal(l_counts, ingested["l_histogram"]["counts"])
 
 
 def test_the_prior_comes_from_the_training_split_and_weights_rare_colours_up(ingested, ingest_config, tmp_path):
