@@ -125,14 +125,18 @@ class WriteToTFRecord(beam.PTransform):
 class CorruptRecordError(ValueError):
     """A TFRecord file whose framing or CRCs are wrong."""
 
-    _SENTENCE = re.compile(r"\S+ is not a valid TFRecord file: .*?\(re-run the job that wrote it\)\.")
+    _AFTER_PATH = re.compile(r" is not a valid TFRecord file: .*?\(re-run the job that wrote it\)\.")
 
     @classmethod
     def sentence_in(cls, error: BaseException) -> str | None:
         """This error's sentence when `error` is one, or a runner's error that carries one (Beam re-raises
-        a worker's exception with its text in a RuntimeError); else None."""
-        found = cls._SENTENCE.search(str(error))
-        return found.group(0) if found else None
+        a worker's exception with its text in a RuntimeError, after "...CorruptRecordError: "); else None.
+        The path is the rest of the sentence's line before it, so paths with spaces come back whole."""
+        for line in str(error).splitlines():
+            found = cls._AFTER_PATH.search(line)
+            if found:
+                return line[: found.start()].rsplit("CorruptRecordError: ", 1)[-1] + found.group(0)
+        return None
 
 
 def read_tfrecord_file(path: str):

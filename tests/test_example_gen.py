@@ -387,7 +387,7 @@ def test_the_validator_names_a_damaged_record_file_in_one_sentence(ingested, ing
 
     from components import validator
 
-    out = tmp_path / "damaged"
+    out = tmp_path / "damaged copy"  # a space in the path: the sentence still names the whole path
     shutil.copytree(ingest_config.output_dir, out)
     path = sorted((out / "examples" / "train").glob("*.tfrecord"))[0]
     data = bytearray(path.read_bytes())
@@ -401,6 +401,19 @@ def test_the_validator_names_a_damaged_record_file_in_one_sentence(ingested, ing
         "does not match its CRC at byte 0 of its uncompressed data; it was damaged after it was written, so write "
         "it again (re-run the job that wrote it)."
     )
+
+
+def test_a_runners_wrapped_error_gives_back_the_damaged_files_whole_sentence():
+    from components.tfrecord_sink import CorruptRecordError
+
+    sentence = ("/data/my ingest/examples/train/data-00000-of-00002.tfrecord is not a valid TFRecord file: a record's "
+                "length does not match its CRC at byte 12 of its uncompressed data; it was damaged after it was "
+                "written, so write it again (re-run the job that wrote it).")
+    wrapped = RuntimeError(f"Traceback (most recent call last):\n  File \"x.py\", line 1, in process\n"
+                           f"components.tfrecord_sink.CorruptRecordError: {sentence} [while running 'ReadRecords']")
+    assert CorruptRecordError.sentence_in(wrapped) == sentence
+    assert CorruptRecordError.sentence_in(CorruptRecordError(sentence)) == sentence
+    assert CorruptRecordError.sentence_in(RuntimeError("something else failed")) is None
 
 
 def test_ingest_writes_uncompressed_raw_codes_and_the_validator_refuses_version_1_output(ingested, ingest_config,
