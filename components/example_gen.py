@@ -256,10 +256,11 @@ class ToExamples(beam.DoFn):
     the record and counts them into the bundle's L and ab histograms (two
     phases, so each keeps its own code and data in the core's caches: 9%
     less CPU than image by image); each split's records leave as one
-    element, so Beam's per-element cost is paid per batch. A file that fails is rejected alone; the rest of its
-    batch is written. Statistics of the written images are pre-aggregated per bundle
-    and emitted once per bundle on the 'stats' output: per-image histograms
-    would move 0.5 MiB per image through the runner.
+    element, so Beam's per-element cost is paid per batch. A file that
+    fails is rejected alone; the rest of its batch is written. Statistics
+    of the written images are pre-aggregated per bundle and emitted once
+    per bundle on the 'stats' output: per-image histograms would move
+    0.5 MiB per image through the runner.
     """
 
     def __init__(self, config: IngestConfig):
