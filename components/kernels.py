@@ -1,4 +1,4 @@
-"""Compiled per-pixel loops of ingest (numba): LAB codes with their histograms, and colourfulness counts.
+"""Compiled per-pixel loops of ingest (numba): LAB codes with their histograms, and colourfulness sums.
 
 Ingest does three things to every pixel of every image besides decoding
 it: looks its LAB codes up in `color.LabTable`, counts them into the L and
