@@ -311,13 +311,9 @@ class LabTable:
         rgb = np.asarray(rgb, dtype=np.uint8)
         words = _words(rgb).reshape(-1)
         n = words.size
-        for name, array, size in (("out", out, 3 * n), ("l_hist", l_hist, 256), ("ab_hist", ab_hist, 1 << 16)):
-            dtype = np.uint8 if name == "out" else np.int64
-            if array.ndim != 1 or array.dtype != dtype or not array.flags.c_contiguous or not array.flags.writeable \
-                    or array.size < size or (name != "out" and array.size != size):
-                raise ValueError(f"LabTable.encode's {name} must be a writable contiguous 1-D {np.dtype(dtype)} array "
-                                 f"of {'at least ' if name == 'out' else ''}{size} elements, got {array.dtype} "
-                                 f"{array.shape}")
+        _check_buffer("out", out, np.uint8, 3 * n, at_least=True)
+        _check_buffer("l_hist", l_hist, np.int64, 256)
+        _check_buffer("ab_hist", ab_hist, np.int64, 1 << 16)
         kernels.lab_codes(words, self._table, out, self._scratch(n), l_hist, ab_hist)
         return memoryview(out)[: 3 * n]
 
@@ -332,6 +328,14 @@ class LabTable:
         """uint8 RGB [..., 3] -> uint8 LAB codes [..., 3]."""
         packed = self.packed(rgb)
         return unpack(packed.reshape(-1, 1) if packed.ndim != 2 else packed).reshape(*packed.shape, 3)
+
+
+def _check_buffer(name: str, array: np.ndarray, dtype, size: int, at_least: bool = False) -> None:
+    """LabTable.encode's arrays go to compiled code that does no bounds checking: refuse any other kind."""
+    if (array.ndim != 1 or array.dtype != dtype or not array.flags.c_contiguous or not array.flags.writeable
+            or array.size < size or (not at_least and array.size != size)):
+        raise ValueError(f"LabTable.encode's {name} must be a writable contiguous 1-D {np.dtype(dtype)} array of "
+                         f"{'at least ' if at_least else ''}{size} elements, got {array.dtype} {array.shape}")
 
 
 def _words(rgb: np.ndarray) -> np.ndarray:
@@ -357,9 +361,6 @@ def _rgbx_words(rgb: np.ndarray) -> np.ndarray | None:
     height, width, _ = rgb.shape
     if rgb.strides != (4 * width, 4, 1) or rgb.base.dtype != np.uint8 or not rgb.base.flags.c_contiguous:
         return None
-    base = rgb.base
-    if base.shape == (height, width, 4) and base.ctypes.data == rgb.ctypes.data:  # rgbx[..., :3] itself: no checks
-        return base.view("<u4")[..., 0]
     low, high = np.byte_bounds(rgb.base)
     start = rgb.__array_interface__["data"][0]
     if not low <= start <= high - 4 * height * width:  # the padding bytes are inside the same buffer
