@@ -20,7 +20,8 @@ FUSIONS = ("global", "spatial", "unet")
 """The model families, Model 2's backbones, the regression head's losses, the output heads (regression: tanh
 ab; classification: logits over colorbins' ab bins decoded by the annealed mean) and what Model 2 fuses (global:
 the classifier's 1000 class probabilities, the report's; spatial: two of its feature maps, resized to the
-bottleneck; unet: four of its feature maps, run at twice the crop's side, joining the decoder at every scale); components.models builds them; here so a config can name its choices without importing Keras."""
+bottleneck; unet: four of its feature maps, run at twice the crop's side, joining the decoder at every scale);
+components.models builds them; here so a config can name its choices without importing Keras."""
 
 # The report: Model 1, Adam at Keras's default rate, MSE, batch 48.
 DEFAULTS: dict[str, Any] = {
