@@ -38,8 +38,8 @@ setup(
         "matplotlib>=3.9",  # the run report's charts (Agg backend, no display)
     ],
     extras_require={
-        # kfp: the Kubeflow compile is tested (compiling only)
-        "test": ["pytest>=8", "scikit-image>=0.24", "kfp>=2.13,<2.14", "kfp-kubernetes>=1.5,<2"],
+        # kfp: the Kubeflow compile is tested (compiling only); pytest-xdist: pytest.ini runs the tests on every core
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "scikit-image>=0.24", "kfp>=2.13,<2.14", "kfp-kubernetes>=1.5,<2"],
         "gcp": ["apache-beam[gcp]>=2.61.0,<2.62"],
         # python -m pipeline.kubeflow; kfp 2.14+ needs protobuf 6, which TensorFlow 2.16 cannot use.
         "kubeflow": ["kfp>=2.13,<2.14", "kfp-kubernetes>=1.5,<2"],
