@@ -580,21 +580,13 @@ def compile_model(
             loss=colorbins.RebalancedCrossEntropy(layer.centres, prior.weights),
             metrics=[DecodedMeanAbsoluteError(layer.centres, layer.temperature, name="mae")],
         )
-        return _with_built_optimizer(fitted)
+        return fitted
     loss_fn = keras.losses.MeanSquaredError() if loss == "mse" else keras.losses.Huber(delta=HUBER_DELTA)
     model.compile(
         optimizer=optimizer,
         loss=loss_fn,
         metrics=[keras.metrics.MeanAbsoluteError(name="mae")],
     )
-    return _with_built_optimizer(model)
-
-
-def _with_built_optimizer(model: keras.Model) -> keras.Model:
-    """Create the optimizer's slot variables now. Outside a distribution strategy Keras creates them inside the
-    first traced train step, and a tf.function that creates variables is traced twice: the first fit (each tuner
-    trial's) would compile its step twice."""
-    model.optimizer.build(model.trainable_variables)
     return model
 
 

@@ -238,17 +238,6 @@ def test_mixed_precision_model_trains(mixed_bfloat16):
     assert np.isfinite(model.train_on_batch(_l(64), target, return_dict=True)["loss"])
 
 
-def test_the_first_fit_traces_its_train_step_once():
-    # Keras would create Adam's slots inside the first traced step, and a step that creates variables is traced
-    # twice: each tuner trial would compile its model twice.
-    model = models.compile_model(models.build_model1(32, width=0.125))
-    assert len(model.optimizer.variables) > 2 * len(model.trainable_variables)
-    traces, step = [], model.train_step
-    model.train_step = lambda data: traces.append(data) or step(data)  # runs in Python only while tracing
-    model.fit(_l(32, batch=4), np.zeros((4, 32, 32, 2), np.float32), batch_size=2, epochs=2, verbose=0)
-    assert len(traces) == 1
-
-
 # ---------------------------------------------------------------- the classification head
 
 

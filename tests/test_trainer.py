@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
 
 import h5py
 import keras
@@ -156,6 +157,8 @@ def test_train_writes_model_checkpoint_logs_images_and_summary(examples, tmp_pat
     assert summary["paths"]["model"] == result.model_path == str(out / trainer.MODEL_FILE)
 
     model = keras.models.load_model(result.model_path)
+    weights_bytes = zipfile.ZipFile(result.model_path).getinfo("model.weights.h5").file_size
+    assert weights_bytes < 1.5 * 4 * model.count_params()  # the float32 weights, not Adam's slots beside them
     predicted = model.predict(np.full((2, SIZE, SIZE, 1), 50.0, np.float32), verbose=0)
     assert predicted.shape == (2, SIZE, SIZE, 2) and predicted.dtype == np.float32
     assert np.all(np.abs(predicted) <= 1.0)

@@ -93,6 +93,23 @@ def test_random_search_writes_hparams_the_trainer_loads(random_search):
     assert saved["score"] == min(t["score"] for t in records.values())
 
 
+def test_a_trial_traces_its_train_step_once(examples, tmp_path):
+    import keras_tuner as kt
+
+    from components import tuner
+
+    # Keras would create Adam's slots inside the first traced step, and a step that creates variables is traced
+    # twice: every trial would compile its model twice.
+    hypermodel = tuner.ColorizationHyperModel(tiny_config(examples, str(tmp_path), fixed={**TINY, "head": "regression"}),
+                                              weights={})
+    hp = kt.HyperParameters()
+    model = hypermodel.build(hp)
+    traces, step = [], model.train_step
+    model.train_step = lambda data: traces.append(data) or step(data)  # runs in Python only while tracing
+    hypermodel.fit(hp, model, epochs=2, steps_per_epoch=2, validation_steps=1, verbose=0)
+    assert len(traces) == 1
+
+
 def test_rerun_resumes_and_reuses_finished_trials(random_search):
     from components import tuner
 
