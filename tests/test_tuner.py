@@ -100,8 +100,8 @@ def test_a_trial_traces_its_train_step_once(examples, tmp_path):
 
     # Keras would create Adam's slots inside the first traced step, and a step that creates variables is traced
     # twice: every trial would compile its model twice.
-    hypermodel = tuner.ColorizationHyperModel(tiny_config(examples, str(tmp_path), fixed={**TINY, "head": "regression"}),
-                                              weights={})
+    config = tiny_config(examples, str(tmp_path), fixed={**TINY, "head": "regression"})
+    hypermodel = tuner.ColorizationHyperModel(config, weights={})
     hp = kt.HyperParameters()
     model = hypermodel.build(hp)
     traces, step = [], model.train_step
