@@ -590,6 +590,17 @@ def compile_model(
     return model
 
 
+def build_optimizer(model: keras.Model) -> None:
+    """Create a compiled model's optimizer slots before its first fit.
+
+    Outside a distribution strategy, and under the default one, Keras creates them inside the first traced
+    train step, and a step that creates variables is traced twice: the first epoch (each tuner trial's) would
+    compile the step twice. compile_model leaves them out, as Keras does: a model compiled only to be saved (the
+    trainer's export) would carry them, zeroed, at twice its weights' size.
+    """
+    model.optimizer.build(model.trainable_variables)
+
+
 def trainable_parameters(model: keras.Model) -> int:
     """The count the report quotes: trainable weights only (a frozen backbone adds 0)."""
     return int(sum(math.prod(w.shape) for w in model.trainable_weights))

@@ -130,9 +130,12 @@ def _env(**extra: str) -> dict:
     return {**env, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
 
 
-def test_train_writes_model_checkpoint_logs_images_and_summary(examples, tmp_path):
+def test_train_writes_model_checkpoint_logs_images_and_summary(examples, tmp_path, monkeypatch):
     out = tmp_path / "run"
+    traces, step = [], keras.Model.train_step
+    monkeypatch.setattr(keras.Model, "train_step", lambda self, data: traces.append(data) or step(self, data))
     result = trainer.train(_config(examples, out, _hparams_file(tmp_path), batch_size=3, reduce_lr=True))
+    assert len(traces) == 1  # the train step is traced once, not again once Adam's slots exist
 
     for relative in (trainer.MODEL_FILE, trainer.BEST_CHECKPOINT, trainer.CSV_LOG, trainer.SUMMARY_FILE):
         assert (out / relative).is_file(), relative

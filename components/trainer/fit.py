@@ -248,6 +248,7 @@ def train(config: TrainConfig) -> TrainResult:
             fitted = models.compile_model(
                 trained, learning_rate=hp["learning_rate"], loss=hp["loss"], head=hp["head"], prior=prior
             )
+            models.build_optimizer(fitted)  # else the first epoch traces its train step twice
             if multi_worker:
                 _work_around_keras_multi_worker_bugs(fitted, train_ds)
             print(f"trainer: XLA {'on' if fitted.jit_compile else 'off'} (Keras's jit_compile='auto': on with a GPU "

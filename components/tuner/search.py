@@ -145,9 +145,7 @@ class ColorizationHyperModel(kt.HyperModel):
         validation = loader.make_dataset(
             self.config.examples, "eval", training=False, repeat=self.config.validation_steps is not None, **common
         )
-        # Adam's slots now: outside a distribution strategy Keras creates them inside the first traced train step,
-        # and a step that creates variables is traced twice (each trial would compile its step twice).
-        model.optimizer.build(model.trainable_variables)
+        models.build_optimizer(model)  # else each trial traces its train step twice
         return model.fit(train, *args, validation_data=validation, shuffle=False, **kwargs)
 
 
