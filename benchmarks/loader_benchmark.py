@@ -162,9 +162,10 @@ def child_stages(examples: str, image_size: int, batch_size: int, workdir: str) 
     def decode(f):  # as loader._to_model_io does first
         return schemas.decode_codes(f["lab_codes"], f["height"], f["width"])
 
-    def crop_flip(codes):
-        codes = tf.image.random_crop(codes, [image_size, image_size, 3], seed=SEED)
-        return tf.image.random_flip_left_right(codes, seed=SEED + 1)
+    def crop_flip(ds):  # as the loader does: each record keyed by its own seed from a seeded stream
+        seeds = tf.data.Dataset.random(seed=SEED, rerandomize_each_iteration=True).batch(2)
+        return tf.data.Dataset.zip(ds, seeds).map(lambda codes, key: tf.image.stateless_random_flip_left_right(
+            tf.image.stateless_random_crop(codes, [image_size, image_size, 3], seed=key), seed=key[::-1]))
 
     def scale_v1(codes):  # schema version 1's loader: dequantise all three channels, then split the floats
         lab = schemas.dequantize_lab(codes)
@@ -173,14 +174,14 @@ def child_stages(examples: str, image_size: int, batch_size: int, workdir: str) 
     pipelines = {
         "parse": parsed(),
         "decode": parsed().map(decode),
-        "crop_flip": parsed().map(decode).map(crop_flip),
-        "scaling": parsed().map(decode).map(crop_flip).map(schemas.codes_to_l_ab).batch(batch_size),
+        "crop_flip": crop_flip(parsed().map(decode)),
+        "scaling": crop_flip(parsed().map(decode)).map(schemas.codes_to_l_ab).batch(batch_size),
     }
     timed = {name: ds.with_options(options) for name, ds in pipelines.items()}
     # the alternatives: version 1's batched parse and its scaling per image, and scaling a whole batch at once
     timed["v1_parse"] = parsed_in_batches().with_options(options)
-    timed["v1_scaling"] = parsed().map(decode).map(crop_flip).map(scale_v1).batch(batch_size).with_options(options)
-    timed["per_batch"] = (parsed().map(decode).map(crop_flip).batch(batch_size).map(schemas.codes_to_l_ab)
+    timed["v1_scaling"] = crop_flip(parsed().map(decode)).map(scale_v1).batch(batch_size).with_options(options)
+    timed["per_batch"] = (crop_flip(parsed().map(decode)).batch(batch_size).map(schemas.codes_to_l_ab)
                           .with_options(options))
     timed["read"] = tf.data.TFRecordDataset(files, compression_type=compression).with_options(options)
     seconds = _time_datasets(timed)

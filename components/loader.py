@@ -8,14 +8,18 @@ image in one numpy array and ran out of RAM at 1,920 images):
       -> [cache of serialized records, only when asked]
       -> shuffle buffer of serialized records (training)
       -> [repeat]
+      -> (training) zipped with a stream of random seeds, one per record
       -> per record, in parallel: parse the image's features (the schema's
          spec), schemas.decode_codes (the raw 8-bit codes, no
-         decompression), random crop + random horizontal flip (training) or
-         centre crop (eval) of the codes, then L (0..100) and ab / 128
-         straight from the codes' channels
+         decompression), random crop + random horizontal flip (training,
+         stateless ops keyed by the record's seed) or centre crop (eval) of
+         the codes, then L (0..100) and ab / 128 straight from the codes'
+         channels
       -> batch -> prefetch
 
-Eval order is deterministic; training trades order for throughput.
+Eval order is deterministic. Training without a seed trades order for
+throughput; with a seed every batch is the same on every run (the same
+files, order, crops and flips), so a seeded training run is reproducible.
 
     from components import loader
     train = loader.make_dataset("/tmp/ingest", "train", image_size=224, batch_size=48,
@@ -167,15 +171,17 @@ def _centre_crop(image, size: int):
     return image[top : top + size, left : left + size, :]
 
 
-def _to_model_io(features: dict, image_size: int, training: bool, seed: int | None):
-    """One record's image -> (l, ab/128) at image_size.
+def _to_model_io(features: dict, image_size: int, crop_seed=None):
+    """One record's image -> (l, ab/128) at image_size: a random crop and flip keyed by `crop_seed`
+    (int64 [2], training), else the centre crop.
 
-    The crop and flip run on the 8-bit codes, so only the crop is scaled to floats.
+    The crop and flip run on the 8-bit codes, so only the crop is scaled to floats. Stateless ops: a
+    record's crop depends on its seed alone, not on which of the parallel calls ran first.
     """
     codes = schemas.decode_codes(features["lab_codes"], features["height"], features["width"])
-    if training:
-        codes = tf.image.random_crop(codes, [image_size, image_size, 3], seed=seed)
-        codes = tf.image.random_flip_left_right(codes, seed=None if seed is None else seed + 1)
+    if crop_seed is not None:
+        codes = tf.image.stateless_random_crop(codes, [image_size, image_size, 3], seed=crop_seed)
+        codes = tf.image.stateless_random_flip_left_right(codes, seed=crop_seed[::-1])
     else:
         codes = _centre_crop(codes, image_size)
     l, ab = schemas.codes_to_l_ab(tf.ensure_shape(codes, [image_size, image_size, 3]))
@@ -220,7 +226,7 @@ def make_dataset(
         )
     if drop_remainder is None:
         drop_remainder = training
-    deterministic = not training
+    deterministic = not training or seed is not None
 
     ds = tf.data.Dataset.from_tensor_slices(files)
     if training:
@@ -237,16 +243,21 @@ def make_dataset(
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    ds = (
-        ds.map(
-            lambda s: _to_model_io(_parse(s, with_embedding), image_size, training, seed),
+    if training:
+        # Two int64 per record, a new stream each epoch; seeded, the same streams on every run.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        ds = tf.data.Dataset.zip(ds, seeds).map(
+            lambda s, crop_seed: _to_model_io(_parse(s, with_embedding), image_size, crop_seed),
             num_parallel_calls=_AUTOTUNE,
             deterministic=deterministic,
         )
-        .batch(batch_size, drop_remainder=drop_remainder)
-        .prefetch(_AUTOTUNE)
-    )
-    return ds
+    else:
+        ds = ds.map(
+            lambda s: _to_model_io(_parse(s, with_embedding), image_size),
+            num_parallel_calls=_AUTOTUNE,
+            deterministic=deterministic,
+        )
+    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(_AUTOTUNE)
 
 
 def fixed_batch(examples: str, split: str, *, image_size: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -136,6 +136,17 @@ def test_training_crops_are_random_windows_and_flips_happen(examples_dir, tmp_pa
     assert not np.array_equal(first, crops(2))
 
 
+def test_a_seeded_training_stream_is_the_same_on_every_run_and_new_each_epoch(examples_dir):
+    def stream(seed, epochs=1):
+        ds = loader.make_dataset(examples_dir, "train", image_size=CROP, batch_size=3, training=True, seed=seed)
+        return [np.concatenate([ab for _, ab in _batches(ds)]) for _ in range(epochs)]
+
+    first, second = stream(7, epochs=2)
+    np.testing.assert_array_equal(first, stream(7)[0])  # order, crops and flips, with parallel reads and maps
+    assert not np.array_equal(first, second)  # the next epoch reshuffles and crops anew
+    assert not np.array_equal(first, stream(8)[0])
+
+
 # ---------------------------------------------------------------- refusals a user can cause
 
 

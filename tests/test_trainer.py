@@ -468,6 +468,18 @@ def test_kept_checkpoint_holds_the_best_or_the_last_epoch(tmp_path, keep, kept_l
     assert keras.models.load_model(path).get_weights()[0][0, 0] == kept_loss
 
 
+def test_the_same_seed_trains_the_same_weights(examples, tmp_path):
+    hparams_path = _hparams_file(tmp_path)
+
+    def weights(name, seed):
+        trainer.train(_config(examples, tmp_path / name, hparams_path, seed=seed, patience=100))
+        return keras.models.load_model(str(tmp_path / name / trainer.MODEL_FILE)).get_weights()
+
+    first, again, other = weights("a", 3), weights("b", 3), weights("c", 4)
+    assert all(np.array_equal(x, y) for x, y in zip(first, again, strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(first, other, strict=True))
+
+
 def test_keep_last_exports_the_final_epoch(examples, tmp_path):
     out = tmp_path / "run"
     result = trainer.train(_config(examples, out, _hparams_file(tmp_path), epochs=3, patience=100, keep="last"))

@@ -124,7 +124,8 @@ class TrainConfig:
         False, "if ImageNet weights are missing, train model2 with a random backbone instead of failing"
     )
     embeddings: bool = setting(False, "train model2's head on the records' precomputed image/embedding feature")
-    seed: Optional[int] = setting(None, "random seed for weights, shuffling and crops")
+    seed: Optional[int] = setting(None, "random seed for weights, shuffling and crops: the same seed "
+                                  "trains the same weights on the same machine")
     verbose: Optional[int] = setting(None, "Keras fit verbosity; none: a progress bar on a terminal, else one line "
                                         "per epoch")
 
