@@ -110,6 +110,22 @@ def test_a_trial_traces_its_train_step_once(examples, tmp_path):
     assert len(traces) == 1
 
 
+def test_the_same_seed_draws_and_scores_the_same_trials(examples, tmp_path):
+    from components import tuner
+
+    def trials(name, seed):
+        config = tiny_config(examples, str(tmp_path / name), seed=seed)
+        tuner.tune(config)
+        records = trial_records(config.output_dir)
+        return sorted((t["trial_id"], t["hyperparameters"]["values"], t["score"]) for t in records.values())
+
+    first = trials("a", 0)  # keras-tuner by itself reads seed 0 as no seed
+    assert trials("b", 0) == first
+    assert trials("c", 1) != first
+    with pytest.raises(tuner.TunerError, match="seed must be a whole number of at least 0"):
+        tiny_config(examples, str(tmp_path / "d"), seed=-1).validate()
+
+
 def test_rerun_resumes_and_reuses_finished_trials(random_search):
     from components import tuner
 

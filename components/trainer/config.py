@@ -154,6 +154,8 @@ class TrainConfig:
             )
         if self.epochs < 1:
             raise TrainError(f"{prefix}epochs must be at least 1, got {self.epochs}.")
+        if self.seed is not None and self.seed < 0:
+            raise TrainError(f"{prefix}seed must be at least 0, got {self.seed}.")
         if self.patience is not None and self.patience < 0:
             raise TrainError(f"{prefix}patience must be at least 0, got {self.patience}.")
         for name in ("steps_per_epoch", "validation_steps", "batch_size"):

@@ -86,6 +86,8 @@ class TuneConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise TunerError(f"{prefix}{name} must be a positive whole number, got {value!r}.")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
+            raise TunerError(f"{prefix}seed must be a whole number of at least 0, got {self.seed!r}.")
         if self.hyperband_factor < 2:
             raise TunerError(f"{prefix}hyperband_factor must be at least 2, got {self.hyperband_factor}.")
         if self.image_size % 8:

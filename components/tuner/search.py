@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -97,6 +98,18 @@ def load_prior(config: TuneConfig) -> colorbins.ColorPrior | None:
         raise TunerError(str(e)) from None
 
 
+def oracle_seed(seed: int | None) -> int | None:
+    """keras-tuner's seed for `seed`: its oracles read 0 as no seed (`seed or random.randint(1, 10000)`), so
+    seed 0 would draw other trials on every run; seed + 1 keeps every seed a seed."""
+    return None if seed is None else seed + 1
+
+
+def trial_seed(seed: int, values: dict[str, Any]) -> int:
+    """The random seed a trial builds its model under: the same for the same seed and hyperparameters."""
+    digest = hashlib.sha256(json.dumps([seed, values], sort_keys=True, default=str).encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
 class ColorizationHyperModel(kt.HyperModel):
     """build(hp): one autoencoder from hparams' search space, compiled by models.compile_model (for the
     classification head that is the logits model, which shares the model's layers); fit(hp, ...): datasets with
@@ -122,6 +135,8 @@ class ColorizationHyperModel(kt.HyperModel):
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         values = hparams.define_search_space(hp, self.config.fixed)
+        if self.config.seed is not None:  # a trial's initial weights follow from the seed and its values
+            keras.utils.set_random_seed(trial_seed(self.config.seed, values))
         model = models.build_model(
             values["family"],
             self.config.image_size,
@@ -242,7 +257,7 @@ def tune(config: TuneConfig) -> TuneResult:
     common = dict(
         hypermodel=ColorizationHyperModel(config, weights, color_prior),
         objective=objective,
-        seed=config.seed,
+        seed=oracle_seed(config.seed),
         directory=output_dir,
         project_name=TUNER_PROJECT,
         overwrite=False,
