@@ -163,9 +163,8 @@ def child_stages(examples: str, image_size: int, batch_size: int, workdir: str) 
         return schemas.decode_codes(f["lab_codes"], f["height"], f["width"])
 
     def crop_flip(ds):  # as the loader does: each record keyed by its own seed from a seeded stream
-        seeds = tf.data.Dataset.random(seed=SEED, rerandomize_each_iteration=True).batch(2)
-        return tf.data.Dataset.zip(ds, seeds).map(lambda codes, key: tf.image.stateless_random_flip_left_right(
-            tf.image.stateless_random_crop(codes, [image_size, image_size, 3], seed=key), seed=key[::-1]))
+        return tf.data.Dataset.zip(ds, loader.crop_seeds(SEED)).map(
+            lambda codes, key: loader.random_crop_flip(codes, image_size, key))
 
     def scale_v1(codes):  # schema version 1's loader: dequantise all three channels, then split the floats
         lab = schemas.dequantize_lab(codes)

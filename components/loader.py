@@ -171,6 +171,18 @@ def _centre_crop(image, size: int):
     return image[top : top + size, left : left + size, :]
 
 
+def crop_seeds(seed: int | None) -> tf.data.Dataset:
+    """The stream of crop keys (int64 [2]) the training stream zips with its records: a new stream each
+    epoch; with a seed, the same streams on every run."""
+    return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+
+
+def random_crop_flip(codes, image_size: int, key):
+    """A random image_size crop of `codes`, flipped left-right half the time, both drawn from `key` alone."""
+    codes = tf.image.stateless_random_crop(codes, [image_size, image_size, 3], seed=key)
+    return tf.image.stateless_random_flip_left_right(codes, seed=key[::-1])
+
+
 def _to_model_io(features: dict, image_size: int, crop_seed=None):
     """One record's image -> (l, ab/128) at image_size: a random crop and flip keyed by `crop_seed`
     (int64 [2], training), else the centre crop.
@@ -180,8 +192,7 @@ def _to_model_io(features: dict, image_size: int, crop_seed=None):
     """
     codes = schemas.decode_codes(features["lab_codes"], features["height"], features["width"])
     if crop_seed is not None:
-        codes = tf.image.stateless_random_crop(codes, [image_size, image_size, 3], seed=crop_seed)
-        codes = tf.image.stateless_random_flip_left_right(codes, seed=crop_seed[::-1])
+        codes = random_crop_flip(codes, image_size, crop_seed)
     else:
         codes = _centre_crop(codes, image_size)
     l, ab = schemas.codes_to_l_ab(tf.ensure_shape(codes, [image_size, image_size, 3]))
@@ -244,19 +255,12 @@ def make_dataset(
     if repeat:
         ds = ds.repeat()
     if training:
-        # Two int64 per record, a new stream each epoch; seeded, the same streams on every run.
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        ds = tf.data.Dataset.zip(ds, seeds).map(
-            lambda s, crop_seed: _to_model_io(_parse(s, with_embedding), image_size, crop_seed),
-            num_parallel_calls=_AUTOTUNE,
-            deterministic=deterministic,
-        )
-    else:
-        ds = ds.map(
-            lambda s: _to_model_io(_parse(s, with_embedding), image_size),
-            num_parallel_calls=_AUTOTUNE,
-            deterministic=deterministic,
-        )
+        ds = tf.data.Dataset.zip(ds, crop_seeds(seed))
+
+    def to_model_io(serialized, crop_seed=None):
+        return _to_model_io(_parse(serialized, with_embedding), image_size, crop_seed)
+
+    ds = ds.map(to_model_io, num_parallel_calls=_AUTOTUNE, deterministic=deterministic)
     return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(_AUTOTUNE)
 
 
